@@ -1,0 +1,73 @@
+"""``reasonzoo``: inspect what is installed.
+
+    reasonzoo plugins            every plugin: hook point, name, hooks, package and version
+    reasonzoo hooks              the hook points, exclusive or additive, in call order
+    reasonzoo config [k=v ...]   the composed config that ``reasonzoo-train k=v ...`` would run
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+
+from omegaconf import OmegaConf
+
+
+def _plugins() -> int:
+    from .registry import catalogue
+
+    rows = [("hook point", "name", "package", "version", "hooks")]
+    for hp in sorted(cat := catalogue()):
+        for name, info in sorted(cat[hp].items()):
+            rows.append((hp, name, info.package, info.version, ",".join(h[3:] for h in info.hooks)))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
+    return 0
+
+
+def _hooks() -> int:
+    from . import hookspecs
+    from .registry import exclusive_hooks
+
+    excl = set(exclusive_hooks())
+    funcs = [f for n, f in vars(hookspecs).items() if n.startswith("rz_") and inspect.isfunction(f)]
+    for f in funcs:
+        kind = "exclusive" if f.__name__ in excl else "additive "
+        print(f"{f.__name__:<22} {kind}  {inspect.getdoc(f).splitlines()[0]}")
+    return 0
+
+
+def _config(overrides: list[str]) -> int:
+    from .config import validate
+    from .train import compose
+
+    cfg = compose(overrides)
+    validate(cfg)
+    print(OmegaConf.to_yaml(cfg), end="")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="reasonzoo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("plugins", help="list every registered plugin")
+    sub.add_parser("hooks", help="list the hook points")
+    c = sub.add_parser("config", help="print the composed config")
+    c.add_argument("overrides", nargs="*", help="Hydra overrides, as for reasonzoo-train")
+    args = p.parse_args(argv)
+    from .registry import PluginError
+
+    try:
+        if args.cmd == "plugins":
+            return _plugins()
+        if args.cmd == "hooks":
+            return _hooks()
+        return _config(args.overrides)
+    except PluginError as exc:
+        print(f"reasonzoo: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""The run context passed to every hook as ``ctx``."""
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+
+def derive_seed(seed: int, *parts: Any) -> int:
+    """A 63-bit seed derived from the run seed and labels (stable across processes)."""
+    h = hashlib.sha256(repr((seed,) + parts).encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+@dataclass
+class RunContext:
+    """What a hook may read about the run.
+
+    :ivar cfg: the whole composed config (read-only by convention).
+    :ivar hook: the plugin manager's hook relay, to call other hooks (``ctx.hook.rz_reward(...)``).
+    :ivar run_dir: the output directory of this run.
+    :ivar iteration: current RL iteration (0-based; ``-1`` before the first one).
+    :ivar policy_version: number of policy updates so far; rollouts are tagged with it.
+    :ivar policy: the :class:`reasonzoo.policy.Policy` (set after ``rz_build_policy``).
+    :ivar engine: the rollout engine (set after ``rz_build_engine``).
+    :ivar optimizer: the policy optimizer (set before ``rz_run_start``).
+    :ivar state: scratch space shared across hooks within one run, keyed by plugin.
+    """
+
+    cfg: DictConfig
+    hook: Any
+    run_dir: Path
+    iteration: int = -1
+    policy_version: int = 0
+    policy: Any = None
+    engine: Any = None
+    optimizer: torch.optim.Optimizer | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seed(self) -> int:
+        return int(self.cfg.seed)
+
+    def rng(self, stream: str) -> random.Random:
+        """A Python RNG for this iteration and stream; a function of (seed, iteration, stream),
+        so a resumed run draws exactly what the uninterrupted run would have."""
+        return random.Random(derive_seed(self.seed, "py", stream, self.iteration))
+
+    def generator(self, stream: str) -> torch.Generator:
+        """A torch CPU generator for this iteration and stream (see :meth:`rng`)."""
+        g = torch.Generator()
+        g.manual_seed(derive_seed(self.seed, "torch", stream, self.iteration))
+        return g

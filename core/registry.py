@@ -1,0 +1,269 @@
+"""Plugin declaration, discovery and the per-run plugin manager.
+
+A plugin is a class decorated with :func:`plugin`, which names its hook point (= config group),
+its name (= config option = file stem) and its config dataclass. The catalogue holds every plugin
+class that is available: the built-in modules listed in :data:`BUILTIN_PLUGINS` and the modules
+(or classes) named by entry points in the ``reasonzoo`` group of installed packages.
+
+A run gets a fresh :class:`pluggy.PluginManager` holding one *instance* of the plugin selected
+for each hook point, built from its validated config. Set ``REASONZOO_TRACE=1`` to print every
+hook call.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.metadata
+import importlib.util
+import inspect
+import os
+import sys
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Callable, Mapping
+
+import pluggy
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from . import hookspecs
+
+hookimpl = pluggy.HookimplMarker("reasonzoo")
+ENTRY_POINT_GROUP = "reasonzoo"
+
+#: Hook points, each a config group with one plugin selected per run.
+HOOK_POINTS: tuple[str, ...] = (
+    "task",
+    "model",
+    "engine",
+    "warmup",
+    "sampler",
+    "rollout",
+    "reward",
+    "length_penalty",
+    "loss",
+    "distiller",
+    "logger",
+)
+
+#: Built-in plugin modules; each defines one plugin class.
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "reasonzoo.plugins.task.modarith",
+    "reasonzoo.plugins.task.jsonl",
+    "reasonzoo.plugins.task.reasoning_gym",
+    "reasonzoo.plugins.model.hf",
+    "reasonzoo.plugins.engine.torch",
+    "reasonzoo.plugins.warmup.sft",
+    "reasonzoo.plugins.warmup.none",
+    "reasonzoo.plugins.sampler.uniform",
+    "reasonzoo.plugins.sampler.curriculum",
+    "reasonzoo.plugins.sampler.prioritized",
+    "reasonzoo.plugins.rollout.sync",
+    "reasonzoo.plugins.reward.answer",
+    "reasonzoo.plugins.reward.math",
+    "reasonzoo.plugins.reward.reasoning_gym",
+    "reasonzoo.plugins.length_penalty.k15",
+    "reasonzoo.plugins.length_penalty.none",
+    "reasonzoo.plugins.loss.k15",
+    "reasonzoo.plugins.distiller.none",
+    "reasonzoo.plugins.distiller.merge",
+    "reasonzoo.plugins.logger.wandb",
+    "reasonzoo.plugins.logger.none",
+)
+
+
+class PluginError(Exception):
+    """A plugin is unknown, misconfigured or conflicts with another."""
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """A plugin available in this environment."""
+
+    hook_point: str
+    name: str
+    cls: type
+    config_cls: type
+    module: str
+    package: str  #: distribution that provides it
+    version: str
+
+    @property
+    def hooks(self) -> list[str]:
+        return sorted(n for n, _ in inspect.getmembers(self.cls) if n.startswith("rz_"))
+
+    @property
+    def doc(self) -> str:
+        return (inspect.getdoc(self.cls) or inspect.getdoc(sys.modules[self.cls.__module__]) or "").split("\n")[0]
+
+
+def plugin(hook_point: str, name: str, config: type | None = None) -> Callable[[type], type]:
+    """Class decorator declaring a reasonzoo plugin.
+
+    :param hook_point: the config group it belongs to (one of :data:`HOOK_POINTS`, or a new group
+        a third-party package adds).
+    :param name: option name in that group; also the YAML file stem.
+    :param config: a dataclass whose fields are the plugin's options (defaults to no options).
+        The class is constructed as ``cls(cfg)`` with an instance of it.
+    """
+    if config is None:
+        config = dataclasses.make_dataclass(f"{name.title()}Config", [])
+    if not dataclasses.is_dataclass(config):
+        raise TypeError(f"plugin {hook_point}/{name}: config must be a dataclass, got {config!r}")
+
+    def wrap(cls: type) -> type:
+        cls.__reasonzoo_plugin__ = (hook_point, name, config)
+        return cls
+
+    return wrap
+
+
+def _plugins_in(obj: ModuleType | type) -> list[type]:
+    if isinstance(obj, type):
+        return [obj] if hasattr(obj, "__reasonzoo_plugin__") else []
+    return [
+        v
+        for v in vars(obj).values()
+        if isinstance(v, type) and "__reasonzoo_plugin__" in v.__dict__ and v.__module__ == obj.__name__
+    ]
+
+
+def _info(cls: type, package: str, version: str) -> PluginInfo:
+    hook_point, name, config_cls = cls.__reasonzoo_plugin__
+    return PluginInfo(hook_point, name, cls, config_cls, cls.__module__, package, version)
+
+
+def catalogue() -> dict[str, dict[str, PluginInfo]]:
+    """Every available plugin: ``{hook_point: {name: PluginInfo}}``.
+
+    Raises :class:`PluginError` when an entry point fails to load or two plugins claim the same
+    hook point and name.
+    """
+    from . import __version__
+
+    found: list[PluginInfo] = []
+    for modname in BUILTIN_PLUGINS:
+        mod = importlib.import_module(modname)
+        found += [_info(c, "reasonzoo", __version__) for c in _plugins_in(mod)]
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = ep.dist.name if ep.dist else "?"
+        version = ep.dist.version if ep.dist else "?"
+        try:
+            obj = ep.load()
+        except Exception as exc:  # a broken third-party package must say who it is
+            raise PluginError(f"entry point {ep.name!r} = {ep.value!r} of package {dist!r} failed to load: {exc!r}") from exc
+        classes = _plugins_in(obj)
+        if not classes:
+            raise PluginError(f"entry point {ep.name!r} = {ep.value!r} of package {dist!r} defines no @reasonzoo.plugin class")
+        found += [_info(c, dist, version) for c in classes]
+    cat: dict[str, dict[str, PluginInfo]] = {}
+    for info in found:
+        group = cat.setdefault(info.hook_point, {})
+        if info.name in group:
+            other = group[info.name]
+            raise PluginError(
+                f"two plugins are named {info.hook_point}/{info.name}: {other.module} ({other.package}) and "
+                f"{info.module} ({info.package})"
+            )
+        group[info.name] = info
+    return cat
+
+
+def conf_search_paths() -> list[str]:
+    """Hydra search paths of third-party plugin packages: ``pkg://<top module>.conf`` for each
+    entry point whose top-level module ships a ``conf`` folder."""
+    paths = []
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        top = ep.value.split(":")[0].split(".")[0]
+        spec = importlib.util.find_spec(top)
+        if spec and spec.submodule_search_locations:
+            for loc in spec.submodule_search_locations:
+                if os.path.isdir(os.path.join(loc, "conf")):
+                    path = f"pkg://{top}.conf"
+                    if path not in paths:
+                        paths.append(path)
+    return paths
+
+
+def validate_plugin_config(info: PluginInfo, node: Mapping[str, Any] | DictConfig) -> Any:
+    """Build the plugin's config dataclass from a config node; unknown keys and bad types are
+    errors that name the key, the plugin and its allowed keys."""
+    raw = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    raw = {k: v for k, v in raw.items() if k != "name"}
+    schema = OmegaConf.structured(info.config_cls)
+    allowed = [f.name for f in dataclasses.fields(info.config_cls)]
+    for key in raw:
+        if key not in allowed:
+            raise PluginError(
+                f"{info.hook_point}.{key}: unknown key for plugin {info.hook_point}/{info.name} "
+                f"({info.config_cls.__name__}); allowed keys: {', '.join(allowed) or '(none)'}"
+            )
+    try:
+        merged = OmegaConf.merge(schema, raw)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "?"
+        raise PluginError(f"{info.hook_point}.{key}: invalid value for plugin {info.hook_point}/{info.name}: {exc.msg if hasattr(exc, 'msg') else exc}") from exc
+
+
+def select(cat: Mapping[str, Mapping[str, PluginInfo]], hook_point: str, name: str) -> PluginInfo:
+    """Look up a plugin by hook point and name, with an error that lists the alternatives."""
+    if hook_point not in cat:
+        raise PluginError(f"no plugins for hook point {hook_point!r}; known hook points: {', '.join(sorted(cat))}")
+    if name not in cat[hook_point]:
+        raise PluginError(
+            f"{hook_point}={name}: unknown plugin; available {hook_point} plugins: {', '.join(sorted(cat[hook_point]))}"
+        )
+    return cat[hook_point][name]
+
+
+def exclusive_hooks() -> list[str]:
+    return [
+        n
+        for n, f in inspect.getmembers(hookspecs, inspect.isfunction)
+        if n.startswith("rz_") and getattr(f, "reasonzoo_spec", {}).get("firstresult")
+    ]
+
+
+def make_manager(plugins: Mapping[str, object] = {}) -> pluggy.PluginManager:
+    """A fresh plugin manager with the given plugin instances registered under their keys.
+
+    Checks that every implemented hook exists (``check_pending``) and that no exclusive hook has
+    two implementations. ``REASONZOO_TRACE=1`` prints hook calls to stderr.
+    """
+    pm = pluggy.PluginManager("reasonzoo")
+    pm.add_hookspecs(hookspecs)
+    for key, obj in plugins.items():
+        pm.register(obj, name=key)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"plugin {exc.plugin!r} implements a hook that does not exist: {exc}") from exc
+    for hook in exclusive_hooks():
+        impls = getattr(pm.hook, hook).get_hookimpls()
+        if len(impls) > 1:
+            raise PluginError(
+                f"exclusive hook {hook} is implemented by {len(impls)} active plugins: "
+                f"{', '.join(i.plugin_name for i in impls)}; select only one"
+            )
+    if os.environ.get("REASONZOO_TRACE"):
+        pm.trace.root.setwriter(lambda s: sys.stderr.write(s))
+        pm.enable_tracing()
+    return pm
+
+
+def build_plugins(cfg: DictConfig, cat: Mapping[str, Mapping[str, PluginInfo]] | None = None) -> dict[str, object]:
+    """Instantiate the plugin selected for every hook point in ``cfg`` (validated configs).
+
+    Keys of the result are ``"<hook_point>/<name>"``.
+    """
+    cat = catalogue() if cat is None else cat
+    out: dict[str, object] = {}
+    for hook_point in [h for h in cat if h in cfg] + [h for h in HOOK_POINTS if h not in cat and h in cfg]:
+        node = cfg[hook_point]
+        if not isinstance(node, DictConfig) or "name" not in node:
+            raise PluginError(f"config group {hook_point!r} must select a plugin (a node with a 'name' key)")
+        info = select(cat, hook_point, node["name"])
+        out[f"{hook_point}/{info.name}"] = info.cls(validate_plugin_config(info, node))
+    return out
+

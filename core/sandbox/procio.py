@@ -1,0 +1,187 @@
+"""Process plumbing shared by the trainer side and the fork server: rlimits, seccomp, I/O pumping.
+
+Scope: the low-level steps of running one sandboxed process once it exists: the rlimit table,
+loading a prepared seccomp BPF program with ``prctl``, reading stdout/stderr with size limits while
+waiting on a pidfd (never on pipe EOF, since an escaped grandchild may hold the pipes open), and
+turning ``wait4`` results into numbers.
+
+Stdlib-only, no package-relative imports: the fork server imports it as a top-level module inside the
+sandbox. Linux only (pidfd_open needs Linux 5.3).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+import resource
+import selectors
+import signal
+import time
+from dataclasses import dataclass, field
+
+PR_SET_PDEATHSIG = 1
+PR_SET_SECCOMP = 22
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+SECCOMP_MODE_FILTER = 2
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_libc.prctl.restype = ctypes.c_int
+
+
+def prctl(option: int, arg2: int = 0) -> None:
+    """Call prctl(2) with one argument; raise OSError on failure."""
+    if _libc.prctl(option, arg2, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl({option}): {os.strerror(err)}")
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+class PreparedFilter:
+    """A seccomp BPF program held in memory, ready to be loaded after fork with two syscalls."""
+
+    def __init__(self, bpf: bytes):
+        if not bpf or len(bpf) % 8:
+            raise ValueError(f"BPF program must be a non-empty multiple of 8 bytes, got {len(bpf)}")
+        self._buf = ctypes.create_string_buffer(bpf, len(bpf))
+        self._prog = _SockFprog(len(bpf) // 8, ctypes.addressof(self._buf))
+
+    def install(self) -> None:
+        """Set no_new_privs and load the filter into the calling process (irreversible)."""
+        prctl(PR_SET_NO_NEW_PRIVS, 1)
+        if _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(self._prog), 0, 0) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"loading seccomp filter: {os.strerror(err)}")
+
+
+def rlimit_table(limits: dict, address_space: bool) -> list[tuple[int, str, int, int]]:
+    """Rlimits for one run as ``(resource, prlimit option, soft, hard)``.
+
+    ``limits`` holds the fields of ``reasonzoo.sandbox.Limits``. The CPU limit is rounded up to whole
+    seconds and its hard limit is one second above the soft one: SIGXCPU first, SIGKILL after (a
+    pid-1 process ignores SIGXCPU, the hard limit does not depend on it).
+    """
+    cpu = max(1, math.ceil(limits["cpu_s"]))
+    table = [
+        (resource.RLIMIT_CPU, "cpu", cpu, cpu + 1),
+        (resource.RLIMIT_NPROC, "nproc", limits["processes"], limits["processes"]),
+        (resource.RLIMIT_NOFILE, "nofile", limits["open_files"], limits["open_files"]),
+        (resource.RLIMIT_FSIZE, "fsize", limits["file_bytes"], limits["file_bytes"]),
+        (resource.RLIMIT_STACK, "stack", limits["stack_bytes"], limits["stack_bytes"]),
+        (resource.RLIMIT_CORE, "core", 0, 0),
+    ]
+    if address_space:
+        table.append((resource.RLIMIT_AS, "as", limits["memory_bytes"], limits["memory_bytes"]))
+    return table
+
+
+def apply_rlimits(limits: dict, address_space: bool) -> None:
+    """Set every rlimit of :func:`rlimit_table` on the calling process."""
+    for res, _, soft, hard in rlimit_table(limits, address_space):
+        resource.setrlimit(res, (soft, hard))
+
+
+def prlimit_argv(limits: dict, address_space: bool) -> list[str]:
+    """The same rlimits as a ``prlimit(1)`` command prefix (util-linux), for exec-based backends."""
+    argv = ["prlimit"]
+    for _, name, soft, hard in rlimit_table(limits, address_space):
+        argv.append(f"--{name}={soft}:{hard}")
+    return argv + ["--"]
+
+
+@dataclass
+class Capture:
+    """Output read from one run. stdout beyond ``out_limit`` marks the run; stderr is truncated."""
+
+    out_limit: int
+    err_limit: int
+    stdout: bytearray = field(default_factory=bytearray)
+    stderr: bytearray = field(default_factory=bytearray)
+    out_exceeded: bool = False
+
+    def add(self, which: str, data: bytes) -> None:
+        if which == "out":
+            room = self.out_limit - len(self.stdout)
+            self.stdout += data[: max(room, 0)]
+            if len(data) > room:
+                self.out_exceeded = True
+        else:
+            room = self.err_limit - len(self.stderr)
+            if room > 0:
+                self.stderr += data[:room]
+
+
+def pump(pidfd: int, out_fd: int, err_fd: int, deadline: float, cap: Capture) -> str:
+    """Read both pipes until the process behind ``pidfd`` exits, the deadline passes, or stdout
+    overflows. Returns ``"exited"``, ``"deadline"`` or ``"output"``. Never waits for pipe EOF."""
+    os.set_blocking(out_fd, False)
+    os.set_blocking(err_fd, False)
+    names = {out_fd: "out", err_fd: "err"}
+    with selectors.DefaultSelector() as sel:
+        sel.register(pidfd, selectors.EVENT_READ)
+        for fd in names:
+            sel.register(fd, selectors.EVENT_READ)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return "deadline"
+            for key, _ in sel.select(left):
+                if key.fd == pidfd:
+                    return "exited"
+                try:
+                    data = os.read(key.fd, 1 << 16)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    sel.unregister(key.fd)
+                    continue
+                cap.add(names[key.fd], data)
+                if cap.out_exceeded:
+                    return "output"
+
+
+def drain(out_fd: int, err_fd: int, cap: Capture, timeout: float) -> None:
+    """Read what is left in the pipes after every writer was killed, for at most ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    names = {out_fd: "out", err_fd: "err"}
+    with selectors.DefaultSelector() as sel:
+        for fd in names:
+            os.set_blocking(fd, False)
+            sel.register(fd, selectors.EVENT_READ)
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            for key, _ in sel.select(left):
+                try:
+                    data = os.read(key.fd, 1 << 16)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    sel.unregister(key.fd)
+                elif not cap.out_exceeded:
+                    cap.add(names[key.fd], data)
+
+
+def wait_facts(pid: int) -> dict:
+    """Reap ``pid`` with wait4 and return exit code / signal / CPU seconds / peak RSS bytes."""
+    _, status, ru = os.wait4(pid, 0)
+    return {
+        "exit_code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+        "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+        "cpu_s": ru.ru_utime + ru.ru_stime,
+        "max_rss": ru.ru_maxrss * 1024,
+    }
+
+
+def kill_quietly(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Send ``sig`` to ``pid``, ignoring a process that is already gone."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,326 @@
+"""The training loop. Every step is a hook call, in the order of ``hookspecs.py``:
+
+    load problems → build policy → build engine → warm-up (fresh runs) → evaluate (iteration 0)
+    per iteration: sample problems → rollouts (k per problem) → rewards → length penalty
+                   → prepare update → loss + optimizer steps → iteration end → evaluate → log
+                   → checkpoint
+    final evaluation → distill → summary
+
+No algorithm is named here: what a step does is decided by the plugin selected for it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import transformers
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from .checkpoint import atomic_write_text, latest_checkpoint, load_into, load_state, save_checkpoint
+from .config import RunConfig, validate
+from .context import RunContext
+from .registry import build_plugins, make_manager
+from .types import FinishReason, GenerationRequest, Problem, RolloutGroup, SamplingParams, TrainBatch
+
+log = logging.getLogger("reasonzoo")
+CONFIG_FILE = "reasonzoo_config.yaml"
+
+
+def collate(groups: Sequence[RolloutGroup], pad_id: int) -> TrainBatch:
+    """Pad the rollouts of scored groups into a :class:`TrainBatch` (right padding)."""
+    rows = [(gi, g, r) for gi, g in enumerate(groups) for r in g.rollouts]
+    n = len(rows)
+    t = max(len(r.prompt_ids) + len(r.response_ids) for _, _, r in rows)
+    input_ids = torch.full((n, t), pad_id, dtype=torch.long)
+    attention = torch.zeros((n, t), dtype=torch.long)
+    resp_mask = torch.zeros((n, t - 1))
+    versions = torch.full((n, t - 1), -1, dtype=torch.long)
+    blogp = torch.zeros((n, t - 1))
+    returns, correct, gidx = [], [], []
+    for i, (gi, g, r) in enumerate(rows):
+        p, q = len(r.prompt_ids), len(r.response_ids)
+        input_ids[i, : p + q] = torch.tensor(r.prompt_ids + r.response_ids)
+        attention[i, : p + q] = 1
+        resp_mask[i, p - 1 : p - 1 + q] = 1.0  # target column p-1 predicts the first response token
+        blogp[i, p - 1 : p - 1 + q] = torch.tensor(r.logprobs)
+        for s in r.segments:
+            versions[i, p - 1 + s.start : p - 1 + s.end] = s.policy_version
+        gidx.append(gi)
+    for g in groups:
+        returns += g.returns
+        correct += [rw.correct for rw in g.rewards]
+    return TrainBatch(
+        input_ids=input_ids, attention_mask=attention, response_mask=resp_mask, token_versions=versions,
+        behaviour_logprobs=blogp, returns=torch.tensor(returns, dtype=torch.float32),
+        correct=torch.tensor(correct, dtype=torch.bool), group_index=torch.tensor(gidx, dtype=torch.long),
+    )
+
+
+def _merge(dicts: Sequence[dict | None], what: str) -> dict:
+    out: dict = {}
+    for d in dicts:
+        for k, v in (d or {}).items():
+            if k in out:
+                raise RuntimeError(f"two plugins returned {what} key {k!r}")
+            out[k] = v
+    return out
+
+
+def evaluate(ctx: RunContext, problems: Sequence[Problem], cfg: RunConfig) -> dict[str, float]:
+    """Pass@1 on held-out problems (one sample each at ``eval.temperature``), overall and per
+    difficulty, with mean response length per difficulty."""
+    policy, engine = ctx.policy, ctx.engine
+    params = SamplingParams(temperature=cfg.eval.temperature, max_new_tokens=cfg.generation.max_new_tokens)
+    gen = ctx.generator("eval")
+    groups: list[RolloutGroup] = []
+    policy.model.eval()
+    for start in range(0, len(problems), cfg.eval.batch_size):
+        chunk = problems[start : start + cfg.eval.batch_size]
+        reqs = [GenerationRequest(policy.encode_prompt(p.prompt)) for p in chunk]
+        outs = engine.generate(reqs, params, gen)
+        groups += [RolloutGroup(p, (make_rollout(ctx, p, q.prompt_ids, o),)) for p, q, o in zip(chunk, reqs, outs)]
+    rewards = ctx.hook.rz_reward(ctx=ctx, groups=groups)
+    by_d: dict[Any, list[tuple[bool, int]]] = defaultdict(list)
+    for g, rw in zip(groups, rewards):
+        by_d[g.problem.difficulty].append((rw[0].correct, g.rollouts[0].length))
+    out: dict[str, float] = {}
+    allc = [c for v in by_d.values() for c, _ in v]
+    out["eval/accuracy"] = sum(allc) / len(allc)
+    out["eval/mean_length"] = sum(n for v in by_d.values() for _, n in v) / len(allc)
+    for d, v in sorted(by_d.items(), key=lambda kv: (kv[0] is None, kv[0])):
+        out[f"eval/accuracy/d{d}"] = sum(c for c, _ in v) / len(v)
+        out[f"eval/mean_length/d{d}"] = sum(n for _, n in v) / len(v)
+    return out
+
+
+def make_rollout(ctx: RunContext, problem: Problem, prompt_ids, gen, prefix=None):
+    """A :class:`Rollout` from an engine :class:`Generation` (one segment at the current version)."""
+    from .types import Rollout, Segment
+
+    ids = tuple(gen.token_ids)
+    return Rollout(
+        problem=problem, prompt_ids=tuple(prompt_ids), response_ids=ids, logprobs=tuple(gen.logprobs),
+        finish_reason=gen.finish_reason, segments=(Segment(0, len(ids), ctx.policy_version),),
+        text=ctx.policy.decode(ids),
+    )
+
+
+def eval_split(problems: Sequence[Problem], per_difficulty: int) -> list[Problem]:
+    """The first ``per_difficulty`` problems of each difficulty level."""
+    seen: dict[Any, int] = defaultdict(int)
+    out = []
+    for p in problems:
+        if seen[p.difficulty] < per_difficulty:
+            seen[p.difficulty] += 1
+            out.append(p)
+    return out
+
+
+def rollout_metrics(groups: Sequence[RolloutGroup]) -> dict[str, float]:
+    rs = [r for g in groups for r in g.rollouts]
+    rw = [x for g in groups for x in g.rewards]
+    tot = [x for g in groups for x in g.returns]
+    m = {
+        "reward/mean": sum(x.score for x in rw) / len(rw),
+        "reward/total_mean": sum(tot) / len(tot),
+        "reward/accuracy": sum(x.correct for x in rw) / len(rw),
+        "response/mean_length": sum(r.length for r in rs) / len(rs),
+        "response/max_length": max(r.length for r in rs),
+        "response/tokens": sum(r.length for r in rs),
+    }
+    for reason in FinishReason:
+        m[f"response/finish_{reason.value}"] = sum(r.finish_reason is reason for r in rs) / len(rs)
+    by_d: dict[Any, list[int]] = defaultdict(list)
+    for g in groups:
+        by_d[g.problem.difficulty] += [r.length for r in g.rollouts]
+    for d, v in by_d.items():
+        m[f"response/mean_length/d{d}"] = sum(v) / len(v)
+    return m
+
+
+def update(ctx: RunContext, batch: TrainBatch, cfg: RunConfig) -> dict[str, float]:
+    """Optimise the selected loss over the batch: ``epochs`` passes of shuffled minibatches."""
+    model, opt = ctx.policy.model, ctx.optimizer
+    with torch.no_grad():
+        model.eval()
+        extras = _merge(ctx.hook.rz_prepare_update(ctx=ctx, batch=batch), "rz_prepare_update")
+    batch = replace(batch, extras={**batch.extras, **extras})
+    model.train()
+    sums: dict[str, list[float]] = defaultdict(list)
+    gen = ctx.generator("minibatch")
+    for _ in range(cfg.train.epochs):
+        order = torch.randperm(len(batch), generator=gen)
+        for start in range(0, len(batch), cfg.train.minibatch_size):
+            mb = batch.select(order[start : start + cfg.train.minibatch_size])
+            out = ctx.hook.rz_loss(ctx=ctx, batch=mb)
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            if cfg.train.max_grad_norm > 0:
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+                sums["train/grad_norm"].append(float(norm))
+            opt.step()
+            sums["loss/total"].append(float(out.loss))
+            for k, v in out.metrics.items():
+                sums[k].append(float(v))
+    model.eval()
+    return {k: sum(v) / len(v) for k, v in sums.items()}
+
+
+def _write_metrics(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _truncate_metrics(path: Path, last_iteration: int) -> list[dict]:
+    """Keep only records up to ``last_iteration`` (a resumed run redoes the lost iteration)."""
+    if not path.exists():
+        return []
+    recs = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+    recs = [r for r in recs if r["iteration"] <= last_iteration]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in recs))
+    return recs
+
+
+def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+    """Run the composed recipe in ``run_dir``; resumes from its latest checkpoint when
+    ``cfg.resume`` is set. Returns the summary (also written to ``summary.json``)."""
+    from .report import plot_metrics, summary_table
+
+    rc = validate(cfg)
+    transformers.utils.logging.disable_progress_bar()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(rc.threads)
+    pm = make_manager(build_plugins(cfg))
+    hook = pm.hook
+    ctx = RunContext(cfg=cfg, hook=hook, run_dir=run_dir)
+    metrics_path = run_dir / "metrics.jsonl"
+    ckpt = latest_checkpoint(run_dir) if rc.resume else None
+    if not rc.resume:
+        atomic_write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg))
+        metrics_path.unlink(missing_ok=True)
+    torch.manual_seed(rc.seed)
+
+    train_problems = hook.rz_load_problems(ctx=ctx, split="train")
+    eval_problems = eval_split(hook.rz_load_problems(ctx=ctx, split="eval"), rc.eval.problems_per_difficulty)
+    ctx.policy = policy = hook.rz_build_policy(ctx=ctx)
+    ctx.engine = engine = hook.rz_build_engine(ctx=ctx, policy=policy)
+    ctx.optimizer = torch.optim.AdamW(
+        policy.model.parameters(), lr=rc.train.lr, weight_decay=rc.train.weight_decay, betas=tuple(rc.train.betas)
+    )
+    summary: dict[str, Any] = {"run_dir": str(run_dir)}
+    start = 1
+    if ckpt is not None:
+        state = load_state(ckpt)
+        load_into(policy.model, ckpt / "model")
+        ctx.optimizer.load_state_dict(state["optimizer"])
+        ctx.policy_version = state["policy_version"]
+        torch.set_rng_state(state["torch_rng"])
+        start = state["iteration"] + 1
+        history = _truncate_metrics(metrics_path, state["iteration"])
+        summary["initial_eval"] = next((r for r in history if r["iteration"] == 0), None)
+        log.info("resuming %s from %s (iteration %d)", run_dir, ckpt.name, start)
+    elif rc.resume:
+        log.warning("resume=%s: no checkpoint yet, starting from scratch", rc.resume)
+    engine.sync_weights()
+    hook.rz_run_start(ctx=ctx)
+    error: BaseException | None = None
+    try:
+        if ckpt is not None:
+            hook.rz_load_state(ctx=ctx, state=state["plugins"])
+        else:
+            t0 = time.perf_counter()
+            warm = hook.rz_warmup(ctx=ctx, policy=policy, problems=train_problems) or {}
+            engine.sync_weights()
+            record: dict[str, Any] = {"iteration": 0, **warm, "time/warmup": time.perf_counter() - t0}
+            if rc.eval.before:
+                ctx.iteration = 0
+                t0 = time.perf_counter()
+                record.update(evaluate(ctx, eval_problems, rc))
+                record["time/eval"] = time.perf_counter() - t0
+            summary["initial_eval"] = record
+            _write_metrics(metrics_path, record)
+            hook.rz_log_metrics(ctx=ctx, metrics=record, step=0)
+            if rc.iterations > 0:
+                save_checkpoint(run_dir, 0, policy, _state(ctx, 0), keep=rc.checkpoint.keep)
+        sampling = SamplingParams(rc.generation.temperature, rc.generation.top_p, rc.generation.max_new_tokens)
+        bar = tqdm(range(start, rc.iterations + 1), desc="RL", disable=not rc.progress, initial=start - 1, total=rc.iterations)
+        record = {}
+        for it in bar:
+            ctx.iteration = it
+            t_it = time.perf_counter()
+            hook.rz_iteration_start(ctx=ctx)
+            problems = hook.rz_sample_problems(ctx=ctx, problems=train_problems, n=rc.prompts_per_iteration)
+            t0 = time.perf_counter()
+            groups = hook.rz_rollout(ctx=ctx, problems=problems, engine=engine,
+                                     samples_per_problem=rc.samples_per_prompt, sampling=sampling)
+            t_roll = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            rewards = hook.rz_reward(ctx=ctx, groups=groups)
+            groups = [replace(g, rewards=tuple(r)) for g, r in zip(groups, rewards)]
+            lens = hook.rz_length_penalty(ctx=ctx, groups=groups)
+            groups = [replace(g, length_rewards=tuple(x)) for g, x in zip(groups, lens)]
+            t_rew = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            batch = collate(groups, policy.pad_token_id)
+            record = {"iteration": it, **rollout_metrics(groups), **update(ctx, batch, rc)}
+            ctx.policy_version += 1
+            engine.sync_weights()
+            t_upd = time.perf_counter() - t0
+            record.update(_merge(hook.rz_iteration_end(ctx=ctx, groups=groups), "rz_iteration_end"))
+            record.update({"time/rollout": t_roll, "time/reward": t_rew, "time/update": t_upd,
+                           "response/tokens_per_s": record["response/tokens"] / max(t_roll, 1e-9)})
+            if it == rc.iterations or (rc.eval.every > 0 and it % rc.eval.every == 0):
+                t0 = time.perf_counter()
+                record.update(evaluate(ctx, eval_problems, rc))
+                record["time/eval"] = time.perf_counter() - t0
+            record["time/iteration"] = time.perf_counter() - t_it
+            record["policy_version"] = ctx.policy_version
+            _write_metrics(metrics_path, record)
+            hook.rz_log_metrics(ctx=ctx, metrics=record, step=it)
+            if it == rc.iterations or it % rc.checkpoint.every == 0:
+                save_checkpoint(run_dir, it, policy, _state(ctx, it), keep=rc.checkpoint.keep)
+            bar.set_postfix({k.split("/")[-1]: f"{record[k]:.3g}" for k in
+                             ("reward/accuracy", "response/mean_length", "eval/accuracy") if k in record})
+        final = dict(record) if "eval/accuracy" in record else evaluate(ctx, eval_problems, rc)
+        summary["final_eval"] = {k: v for k, v in final.items() if k.startswith("eval/")}
+        policy.save(run_dir / "final")
+        distilled = hook.rz_distill(ctx=ctx, policy=policy)
+        if distilled is not None:
+            ctx.policy = distilled
+            ctx.engine = hook.rz_build_engine(ctx=ctx, policy=distilled)
+            summary["distilled_eval"] = evaluate(ctx, eval_problems, rc)
+            distilled.save(run_dir / "distilled")
+            ctx.policy, ctx.engine = policy, engine
+        if metrics_path.exists():
+            plot_metrics(metrics_path, run_dir / "progress.png")
+        summary["table"] = summary_table(summary)
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
+        if rc.progress:
+            print(summary["table"])
+        return summary
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        hook.rz_run_end(ctx=ctx, summary={**summary, **({"error": repr(error)} if error else {})})
+
+
+def _state(ctx: RunContext, iteration: int) -> dict[str, Any]:
+    return {
+        "iteration": iteration,
+        "policy_version": ctx.policy_version,
+        "optimizer": ctx.optimizer.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "plugins": _merge(ctx.hook.rz_checkpoint_state(ctx=ctx), "rz_checkpoint_state"),
+    }

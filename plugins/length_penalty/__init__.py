@@ -1,0 +1,1 @@
+"""Built-in length_penalty plugins."""

@@ -1,0 +1,58 @@
+"""The policy model: a local Hugging Face causal LM, or a tiny one built from config.
+
+``path: null`` (default) builds a tiny Llama/Qwen2 from ``tiny`` with a character tokenizer,
+both made locally and saved under the run directory with ``save_pretrained``; nothing is
+downloaded. ``path: /some/dir`` loads any local HF model folder (``local_files_only``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from reasonzoo import hookimpl, plugin
+from reasonzoo.policy import Policy, build_char_tokenizer, build_tiny_model
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class TinyConfig:
+    arch: str = "llama"  #: llama or qwen2
+    hidden_size: int = 64  #: model width
+    num_layers: int = 4  #: transformer blocks
+    num_heads: int = 4  #: attention heads (head dim = hidden_size / num_heads)
+    intermediate_size: int = 176  #: MLP width
+    max_position_embeddings: int = 256  #: longest prompt + response
+
+
+@dataclass
+class HFModelConfig:
+    path: Optional[str] = None  #: local HF model folder; None = build the tiny model below
+    dtype: str = "float32"  #: float32, bfloat16 or float16
+    tiny: TinyConfig = field(default_factory=TinyConfig)  #: architecture of the built tiny model
+
+
+@plugin("model", "hf", HFModelConfig)
+class HFModel:
+    """A Hugging Face causal LM (local folder) or a tiny one built locally."""
+
+    def __init__(self, cfg: HFModelConfig):
+        if cfg.dtype not in DTYPES:
+            raise ValueError(f"model.dtype={cfg.dtype!r}: allowed values are {', '.join(DTYPES)}")
+        self.cfg = cfg
+
+    @hookimpl
+    def rz_build_policy(self, ctx):
+        if self.cfg.path:
+            return Policy.load(self.cfg.path, dtype=DTYPES[self.cfg.dtype])
+        tok = build_char_tokenizer()
+        t = self.cfg.tiny
+        model = build_tiny_model(
+            vocab_size=len(tok), arch=t.arch, hidden_size=t.hidden_size, num_layers=t.num_layers,
+            num_heads=t.num_heads, intermediate_size=t.intermediate_size,
+            max_position_embeddings=t.max_position_embeddings, pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, seed=ctx.seed,
+        ).to(DTYPES[self.cfg.dtype])
+        return Policy(model=model, tokenizer=tok)

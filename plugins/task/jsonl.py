@@ -1,0 +1,81 @@
+"""Problems from JSONL files: one JSON object per line with ``prompt`` (or ``problem``),
+``answer`` and optionally ``difficulty`` (int) and ``id``.
+
+Errors name the file and line. When no eval file is given, a seeded ``eval_fraction`` of the
+train file is held out.
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from reasonzoo import hookimpl, plugin
+from reasonzoo.types import Problem
+
+
+@dataclass
+class JsonlConfig:
+    train_path: str = "???"  #: JSONL file of training problems (required)
+    eval_path: Optional[str] = None  #: JSONL file of held-out problems; None = hold out eval_fraction of train
+    eval_fraction: float = 0.1  #: share of train held out when eval_path is None
+    prompt_template: str = "{prompt}"  #: format string applied to the prompt text
+
+
+def read_problems(path: str | Path, template: str = "{prompt}") -> list[Problem]:
+    """Parse a JSONL problem file; raises ``ValueError`` naming ``file:line`` on bad input."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"task file {str(path)!r} does not exist")
+    out, seen = [], set()
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{where}: not valid JSON ({exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        text = obj.get("prompt", obj.get("problem"))
+        if not isinstance(text, str) or not text:
+            raise ValueError(f"{where}: needs a non-empty string 'prompt' or 'problem'")
+        if "answer" not in obj:
+            raise ValueError(f"{where}: needs an 'answer'")
+        diff = obj.get("difficulty")
+        if diff is not None and not isinstance(diff, int):
+            raise ValueError(f"{where}: 'difficulty' must be an integer, got {diff!r}")
+        uid = str(obj.get("id", f"{path.name}:{lineno}"))
+        if uid in seen:
+            raise ValueError(f"{where}: duplicate id {uid!r}")
+        seen.add(uid)
+        prompt = template.format(prompt=text)
+        out.append(Problem(uid=uid, prompt=prompt, answer=str(obj["answer"]), difficulty=diff,
+                           meta={k: v for k, v in obj.items() if k not in ("prompt", "problem", "answer", "difficulty", "id")}))
+    if not out:
+        raise ValueError(f"{path}: no problems")
+    return out
+
+
+@plugin("task", "jsonl", JsonlConfig)
+class Jsonl:
+    """Problems from JSONL files."""
+
+    def __init__(self, cfg: JsonlConfig):
+        if not 0.0 < cfg.eval_fraction < 1.0:
+            raise ValueError(f"task.eval_fraction={cfg.eval_fraction}: must be in (0, 1)")
+        self.cfg = cfg
+
+    @hookimpl
+    def rz_load_problems(self, ctx, split):
+        probs = read_problems(self.cfg.train_path, self.cfg.prompt_template)
+        if self.cfg.eval_path:
+            return probs if split == "train" else read_problems(self.cfg.eval_path, self.cfg.prompt_template)
+        order = list(range(len(probs)))
+        random.Random(f"jsonl-{ctx.seed}").shuffle(order)
+        n_eval = max(1, int(len(probs) * self.cfg.eval_fraction))
+        held = set(order[:n_eval])
+        return [p for i, p in enumerate(probs) if (i in held) == (split == "eval")]

@@ -1,0 +1,107 @@
+"""Modular chain arithmetic: a synthetic verifiable task where a chain of thought helps and harder
+instances need longer chains.
+
+A problem is a chain of one-digit terms combined left to right with ``+ - *`` modulo 10; the
+difficulty is the number of operations. The prompt labels each step (``3a+4b*2c-7=``); the policy
+either answers at once (``#7``) or works step by step (``a3+4=7;b7*2=4;c4-7=7;#7``): one step is
+7 tokens, so the worked solution of a d-step problem is 7d + 2 tokens (+ EOS).
+
+The labels make each step's operands content-addressable: without them a tiny model must locate
+the i-th operator by position in prompts of varying length, which it did not learn in minutes
+of SFT (the operator copy stayed at ~1.1 nats); with them it copies by matching the label. Direct answers of long chains are near chance (the machine
+notes measured ~25% vs 62-89% with working after SFT), so RL that rewards correctness should
+learn to think, and to think longer on harder problems (k1.5 Figure 5, in miniature).
+
+Train and eval splits are generated from ``seed`` and are disjoint (no eval prompt in train).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from reasonzoo import hookimpl, plugin
+from reasonzoo.types import Problem
+
+OPS = {"+": lambda a, b, m: (a + b) % m, "-": lambda a, b, m: (a - b) % m, "*": lambda a, b, m: (a * b) % m}
+
+
+@dataclass
+class ModArithConfig:
+    min_steps: int = 2  #: easiest difficulty (operations per problem)
+    max_steps: int = 8  #: hardest difficulty (at most 26: one label letter per step)
+    ops: str = "+-*"  #: operators to draw from
+    modulus: int = 10  #: results are reduced modulo this (single digit for 10)
+    train_size: int = 20000  #: problems in the training pool (equal share per difficulty)
+    eval_per_difficulty: int = 500  #: held-out problems per difficulty
+
+
+LABELS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def render(terms: list[int], ops: list[str]) -> str:
+    """The prompt: each operator is preceded by its step label, ``3a+4b*2c-7=``."""
+    return f"{terms[0]}" + "".join(f"{LABELS[i]}{op}{t}" for i, (op, t) in enumerate(zip(ops, terms[1:]))) + "="
+
+
+def solve(terms: list[int], ops: list[str], modulus: int) -> tuple[int, str]:
+    """The answer and the worked solution: ``<label><acc><op><term>=<new acc>;`` per step, then
+    ``#answer``."""
+    acc, steps = terms[0], []
+    for i, (op, t) in enumerate(zip(ops, terms[1:])):
+        new = OPS[op](acc, t, modulus)
+        steps.append(f"{LABELS[i]}{acc}{op}{t}={new};")
+        acc = new
+    return acc, "".join(steps) + f"#{acc}"
+
+
+@plugin("task", "modarith", ModArithConfig)
+class ModArith:
+    """Modular chain arithmetic with a difficulty knob (number of steps)."""
+
+    def __init__(self, cfg: ModArithConfig):
+        if not 1 <= cfg.min_steps <= cfg.max_steps <= len(LABELS):
+            raise ValueError(f"task.min_steps={cfg.min_steps}, task.max_steps={cfg.max_steps}: need 1 <= min <= max <= {len(LABELS)}")
+        bad = set(cfg.ops) - set(OPS)
+        if bad or not cfg.ops:
+            raise ValueError(f"task.ops={cfg.ops!r}: allowed characters are {''.join(OPS)}")
+        self.cfg = cfg
+
+    def _problem(self, rng: random.Random, steps: int, split: str, i: int) -> Problem:
+        terms = [rng.randrange(self.cfg.modulus) for _ in range(steps + 1)]
+        ops = [rng.choice(self.cfg.ops) for _ in range(steps)]
+        answer, worked = solve(terms, ops, self.cfg.modulus)
+        prompt = render(terms, ops)
+        return Problem(uid=prompt, prompt=prompt, answer=str(answer), difficulty=steps,
+                       solutions=(worked, f"#{answer}"), meta={"split": split})
+
+    def _split(self, seed: int, split: str) -> list[Problem]:
+        levels = range(self.cfg.min_steps, self.cfg.max_steps + 1)
+        rng = random.Random(f"modarith-{seed}-eval")
+        evals: dict[str, Problem] = {}
+        for d in levels:
+            n = 0
+            while n < self.cfg.eval_per_difficulty:
+                p = self._problem(rng, d, "eval", n)
+                if p.uid not in evals:
+                    evals[p.uid] = p
+                    n += 1
+        if split == "eval":
+            return list(evals.values())
+        rng = random.Random(f"modarith-{seed}-train")
+        per = max(1, self.cfg.train_size // len(levels))
+        train: dict[str, Problem] = {}
+        for d in levels:
+            n, tries = 0, 0
+            while n < per and tries < 20 * per:
+                tries += 1
+                p = self._problem(rng, d, "train", n)
+                if p.uid not in evals and p.uid not in train:
+                    train[p.uid] = p
+                    n += 1
+        return list(train.values())
+
+    @hookimpl
+    def rz_load_problems(self, ctx, split):
+        if split not in ("train", "eval"):
+            raise ValueError(f"task modarith: unknown split {split!r}; allowed: train, eval")
+        return self._split(ctx.seed, split)

@@ -1,0 +1,116 @@
+"""Long-CoT supervised warm-up (k1.5 §2.2): fine-tune the policy on reference solutions before RL.
+
+Each training example is a problem's prompt followed by one of its reference ``solutions``,
+chosen with probabilities ``mix``. A batch holds problems of one difficulty and one solution
+index (drawn per batch), so sequences have equal lengths and no compute goes to padding (for the built-in task: solution 0 = worked step by step,
+solution 1 = direct answer; the default 50/50 mix leaves RL something to discover: that working
+pays on harder problems). Cross-entropy on response tokens only, AdamW with cosine decay.
+
+The result is cached under ``<cache_dir>/warmup/<key>``, the key hashing the model, task and
+warm-up configs and the seed, so the main job trains it once and reuses it afterwards.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from tqdm.auto import tqdm
+
+from reasonzoo import __version__, hookimpl, plugin
+from reasonzoo.checkpoint import load_into
+
+
+@dataclass
+class SFTConfig:
+    steps: int = 1500  #: optimizer steps
+    batch_size: int = 64  #: examples per step
+    lr: float = 3e-3  #: peak learning rate (cosine decay to 10%)
+    warmup_steps: int = 50  #: linear learning-rate warm-up
+    mix: list[float] = field(default_factory=lambda: [0.5, 0.5])  #: probability of each reference solution index
+    cache: bool = True  #: reuse a cached warm-up with the same key
+
+
+@plugin("warmup", "sft", SFTConfig)
+class SFTWarmup:
+    """Supervised fine-tuning on reference solutions, cached."""
+
+    def __init__(self, cfg: SFTConfig):
+        if not cfg.mix or any(w < 0 for w in cfg.mix) or sum(cfg.mix) <= 0:
+            raise ValueError(f"warmup.mix={cfg.mix}: needs non-negative weights with a positive sum")
+        self.cfg = cfg
+
+    def cache_key(self, ctx) -> str:
+        parts = {k: OmegaConf.to_container(ctx.cfg[k], resolve=True) for k in ("model", "task", "warmup")}
+        parts.update(seed=ctx.seed, version=__version__)
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+    @hookimpl
+    def rz_warmup(self, ctx, policy, problems):
+        cache = Path(os.path.expanduser(ctx.cfg.cache_dir)) / "warmup" / self.cache_key(ctx)
+        if self.cfg.cache and (cache / "metrics.json").is_file():
+            load_into(policy.model, cache)
+            return {**json.loads((cache / "metrics.json").read_text()), "warmup/cached": 1.0}
+        usable = [p for p in problems if p.solutions]
+        if not usable:
+            raise ValueError("warmup=sft needs problems with reference solutions; this task has none (use warmup=none)")
+        metrics = self.train(ctx, policy, usable)
+        if self.cfg.cache:
+            tmp = cache.with_name(f".tmp-{cache.name}-{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            policy.save(tmp)
+            (tmp / "metrics.json").write_text(json.dumps(metrics))
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(cache, ignore_errors=True)
+            os.rename(tmp, cache)
+        return {**metrics, "warmup/cached": 0.0}
+
+    def train(self, ctx, policy, problems) -> dict[str, float]:
+        cfg, model = self.cfg, policy.model
+        rng = random.Random(f"sft-{ctx.seed}")
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)) * (
+            0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, cfg.steps))))))
+        model.train()
+        t0, losses = time.perf_counter(), []
+        buckets: dict = {}
+        for p in problems:  # batches of one difficulty and one solution kind have ~no padding
+            buckets.setdefault(p.difficulty, []).append(p)
+        keys = sorted(buckets, key=lambda d: (d is None, d))
+        for _ in tqdm(range(cfg.steps), desc="warm-up (SFT)", disable=not ctx.cfg.progress):
+            pool = buckets[rng.choices(keys, weights=[len(buckets[d]) for d in keys])[0]]
+            k = rng.choices(range(len(cfg.mix)), weights=cfg.mix)[0]
+            seqs, starts = [], []
+            for p in rng.choices(pool, k=cfg.batch_size):
+                prompt = policy.encode_prompt(p.prompt)
+                seqs.append(prompt + policy.encode_response(p.solutions[min(k, len(p.solutions) - 1)]))
+                starts.append(len(prompt))
+            t = max(map(len, seqs))
+            ids = torch.full((len(seqs), t), policy.pad_token_id)
+            mask = torch.zeros((len(seqs), t), dtype=torch.long)
+            target_mask = torch.zeros((len(seqs), t - 1))
+            for i, (s, st) in enumerate(zip(seqs, starts)):
+                ids[i, : len(s)] = torch.tensor(s)
+                mask[i, : len(s)] = 1
+                target_mask[i, st - 1 : len(s) - 1] = 1
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+            nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+            loss = (nll.view_as(target_mask) * target_mask).sum() / target_mask.sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+        model.eval()
+        tail = losses[-50:]
+        return {"warmup/loss": sum(tail) / len(tail), "warmup/steps": float(cfg.steps), "warmup/seconds": time.perf_counter() - t0}
