@@ -21,7 +21,7 @@ import pluggy
 hookspec = pluggy.HookspecMarker("reasonzoo")
 
 # -----------------------------------------------------------------------------------------------
-# Set-up: task, policy, engine, warm-up
+# Set-up: task, policy, engine, run start, resume or warm-up
 # -----------------------------------------------------------------------------------------------
 
 
@@ -68,22 +68,6 @@ def rz_build_engine(ctx, policy):
     """
 
 
-@hookspec(firstresult=True)
-def rz_warmup(ctx, policy, problems):
-    """Supervised warm-up of the policy before RL (the paper's long-CoT SFT stage, §2.2).
-
-    Called once after the engine is built, only on a fresh run (never on resume). Trains
-    ``policy.model`` in place or loads a cached result. Group ``warmup``.
-
-    :param ctx: the run context.
-    :param Policy policy: the policy to warm up.
-    :param list[Problem] problems: the training split.
-    :returns: a dict of metrics (``warmup/*``) or ``None`` when no warm-up is done.
-
-    Exclusive: stops at first non-None result.
-    """
-
-
 @hookspec
 def rz_run_start(ctx):
     """The run starts (after set-up and warm-up, before the first iteration).
@@ -105,6 +89,22 @@ def rz_load_state(ctx, state):
     :param ctx: the run context.
     :param dict state: ``{plugin_key: plugin_state}``.
     :returns: ``None``. Additive: every implementation is called.
+    """
+
+
+@hookspec(firstresult=True)
+def rz_warmup(ctx, policy, problems):
+    """Supervised warm-up of the policy before RL (the paper's long-CoT SFT stage, §2.2).
+
+    Called once after ``rz_run_start``, only on a fresh run (never on resume). Trains
+    ``policy.model`` in place or loads a cached result. Group ``warmup``.
+
+    :param ctx: the run context.
+    :param Policy policy: the policy to warm up.
+    :param list[Problem] problems: the training split.
+    :returns: a dict of metrics (``warmup/*``) or ``None`` when no warm-up is done.
+
+    Exclusive: stops at first non-None result.
     """
 
 

@@ -62,6 +62,16 @@ def test_no_warmup(make_ctx, tiny_policy):
     assert all(torch.equal(a, b) for a, b in zip(before, tiny_policy.model.parameters()))
 
 
+def test_torch_engine_plugin_builds_engine(make_ctx, tiny_policy):
+    from reasonzoo.engine import Engine
+    from reasonzoo.plugins.engine.torch import TorchEnginePlugin
+    from reasonzoo.registry import make_manager
+
+    hook = make_manager({"engine/torch": TorchEnginePlugin(TorchEngineConfig(max_batch=4))}).hook
+    engine = hook.rz_build_engine(ctx=make_ctx(), policy=tiny_policy)
+    assert isinstance(engine, Engine) and engine.policy is tiny_policy and engine.cfg.max_batch == 4
+
+
 def test_sync_rollout_groups(make_ctx, tiny_policy):
     ctx = make_ctx(policy=tiny_policy)
     ctx.policy_version = 7
