@@ -29,13 +29,18 @@ class TrainConfig:
     weight_decay: float = 0.0  #: AdamW weight decay
     betas: tuple[float, float] = (0.9, 0.999)  #: AdamW betas
     minibatch_size: int = 32  #: rollouts per optimizer step
+    microbatches: int = 2  #: length-sorted parts per minibatch, gradients accumulated (less padding; exact for row-mean losses)
     epochs: int = 1  #: passes over the iteration's batch
     max_grad_norm: float = 1.0  #: gradient-norm clip; <= 0 disables
+
+    def __post_init__(self) -> None:
+        if self.microbatches < 1:
+            raise ValueError(f"train.microbatches={self.microbatches}: must be >= 1")
 
 
 @dataclass
 class EvalConfig:
-    every: int = 5  #: evaluate after every this many iterations (and after the last); 0 = only at start and end
+    every: int = 10  #: evaluate after every this many iterations (and after the last); 0 = only at start and end
     problems_per_difficulty: int = 200  #: held-out problems per difficulty level
     temperature: float = 1.0  #: 1.0 = sampled pass@1 (the notes: greedy flips on one token); 0 = greedy
     batch_size: int = 256  #: sequences generated at once
@@ -53,7 +58,7 @@ class RunConfig:
     """Top-level options of ``reasonzoo-train`` (plugin groups are validated separately)."""
 
     seed: int = 0  #: seeds model init, problem generation and every random stream
-    iterations: int = 40  #: RL iterations
+    iterations: int = 60  #: RL iterations
     prompts_per_iteration: int = 16  #: problems sampled per iteration
     samples_per_prompt: int = 8  #: k, responses per problem
     threads: int = 1  #: torch intra-op threads (1 is fastest on a shared 2-core box)

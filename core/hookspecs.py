@@ -204,9 +204,18 @@ def rz_prepare_update(ctx, batch):
 def rz_loss(ctx, batch):
     """The loss of one minibatch. Group ``loss``.
 
-    Called ``epochs x minibatches`` times per iteration; the core runs backward, clips the
-    gradient norm and steps the optimizer. A loss that owns extra parameters (a critic) keeps
-    its own optimizer and steps it in this hook or in ``rz_iteration_end``.
+    Called ``epochs x minibatches x train.microbatches`` times per iteration; the core runs
+    backward, clips the gradient norm and steps the optimizer once per minibatch. A loss that
+    owns extra parameters (a critic) keeps its own optimizer and steps it in this hook or in
+    ``rz_iteration_end``.
+
+    Contract: the loss is a *mean over the rows* of ``batch`` (per-group statistics such as
+    baselines come from ``rz_prepare_update``, which sees the full batch). With
+    ``train.microbatches = m > 1`` the core cuts each minibatch into ``m`` length-sorted parts,
+    calls this hook on each and back-propagates ``(rows of part / rows of minibatch) * loss``
+    before the one optimizer step, which is then exactly the step on the whole minibatch. Its
+    metrics are combined the same way: row-weighted mean, except keys ending in ``max`` (maximum)
+    or ``min`` (minimum). A loss that is not a row mean must be run with ``train.microbatches=1``.
 
     :param ctx: the run context.
     :param TrainBatch batch: a minibatch (``extras`` included).

@@ -94,10 +94,18 @@ class Policy:
 
     def token_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Log-prob of each next token: ``(N, T)`` ids → ``(N, T-1)``; column t scores
-        ``input_ids[:, t + 1]``. Sequences are right-padded (positions count from 0)."""
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]  # (N, T-1, V)
-        logp = F.log_softmax(logits.float(), dim=-1)
-        return logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+        ``input_ids[:, t + 1]``. Sequences are right-padded (positions count from 0).
+
+        Under right padding a real token attends only to real tokens, so the mask is dropped
+        (exact for every real token; pad columns get finite values that callers mask out) and
+        SDPA runs its causal kernel. Any other mask is passed to the model as is.
+        """
+        m = attention_mask
+        right_padded = m is None or bool(m[:, 0].all()) and bool((m[:, 1:] <= m[:, :-1]).all())
+        logits = self.model(input_ids=input_ids, attention_mask=None if right_padded else m).logits[:, :-1]  # (N, T-1, V)
+        n, t, v = logits.shape
+        nll = F.cross_entropy(logits.float().reshape(n * t, v), input_ids[:, 1:].reshape(n * t), reduction="none")
+        return -nll.view(n, t)  # = log_softmax(logits).gather(targets)
 
     def save(self, path: str | Path) -> None:
         """Save model and tokenizer with ``save_pretrained`` (reloadable with ``from_pretrained``)."""

@@ -36,31 +36,30 @@ CONFIG_FILE = "reasonzoo_config.yaml"
 
 def collate(groups: Sequence[RolloutGroup], pad_id: int) -> TrainBatch:
     """Pad the rollouts of scored groups into a :class:`TrainBatch` (right padding)."""
-    rows = [(gi, g, r) for gi, g in enumerate(groups) for r in g.rollouts]
-    n = len(rows)
-    t = max(len(r.prompt_ids) + len(r.response_ids) for _, _, r in rows)
-    input_ids = torch.full((n, t), pad_id, dtype=torch.long)
-    attention = torch.zeros((n, t), dtype=torch.long)
-    resp_mask = torch.zeros((n, t - 1))
-    versions = torch.full((n, t - 1), -1, dtype=torch.long)
-    blogp = torch.zeros((n, t - 1))
-    returns, correct, gidx = [], [], []
-    for i, (gi, g, r) in enumerate(rows):
-        p, q = len(r.prompt_ids), len(r.response_ids)
-        input_ids[i, : p + q] = torch.tensor(r.prompt_ids + r.response_ids)
-        attention[i, : p + q] = 1
-        resp_mask[i, p - 1 : p - 1 + q] = 1.0  # target column p-1 predicts the first response token
-        blogp[i, p - 1 : p - 1 + q] = torch.tensor(r.logprobs)
+    rows = [(gi, r) for gi, g in enumerate(groups) for r in g.rollouts]
+    plen = [len(r.prompt_ids) for _, r in rows]
+    qlen = [len(r.response_ids) for _, r in rows]
+    t = max(p + q for p, q in zip(plen, qlen))
+    ids, blogp, versions = [], [], []
+    for (_, r), p, q in zip(rows, plen, qlen):
+        ids.append(list(r.prompt_ids) + list(r.response_ids) + [pad_id] * (t - p - q))
+        # target column p-1 predicts the first response token
+        blogp.append([0.0] * (p - 1) + list(r.logprobs) + [0.0] * (t - p - q))
+        v = [-1] * (t - 1)
         for s in r.segments:
-            versions[i, p - 1 + s.start : p - 1 + s.end] = s.policy_version
-        gidx.append(gi)
-    for g in groups:
-        returns += g.returns
-        correct += [rw.correct for rw in g.rewards]
+            v[p - 1 + s.start : p - 1 + s.end] = [s.policy_version] * (s.end - s.start)
+        versions.append(v)
+    cols = torch.arange(t)
+    start, resp = torch.tensor(plen)[:, None] - 1, torch.tensor(qlen)[:, None]
     return TrainBatch(
-        input_ids=input_ids, attention_mask=attention, response_mask=resp_mask, token_versions=versions,
-        behaviour_logprobs=blogp, returns=torch.tensor(returns, dtype=torch.float32),
-        correct=torch.tensor(correct, dtype=torch.bool), group_index=torch.tensor(gidx, dtype=torch.long),
+        input_ids=torch.tensor(ids, dtype=torch.long),
+        attention_mask=(cols < start + 1 + resp).long(),
+        response_mask=((cols[:-1] >= start) & (cols[:-1] < start + resp)).float(),
+        token_versions=torch.tensor(versions, dtype=torch.long),
+        behaviour_logprobs=torch.tensor(blogp, dtype=torch.float32),
+        returns=torch.tensor([x for g in groups for x in g.returns], dtype=torch.float32),
+        correct=torch.tensor([rw.correct for g in groups for rw in g.rewards], dtype=torch.bool),
+        group_index=torch.tensor([gi for gi, _ in rows], dtype=torch.long),
     )
 
 
@@ -146,30 +145,60 @@ def rollout_metrics(groups: Sequence[RolloutGroup]) -> dict[str, float]:
     return m
 
 
+def _microbatches(index: torch.Tensor, lengths: torch.Tensor, k: int) -> list[torch.Tensor]:
+    """Cut a minibatch's row ``index`` into ``k`` near-equal parts of similar sequence length."""
+    if k <= 1 or len(index) < 2:
+        return [index]
+    return list(index[lengths[index].argsort(stable=True)].tensor_split(min(k, len(index))))
+
+
+def _combine(parts: list[tuple[float, dict]]) -> dict[str, float]:
+    """Micro-batch metrics → minibatch metrics: row-weighted mean; max / min for keys ending so."""
+    out = {}
+    for key in parts[0][1]:
+        vals = [(w, float(m[key])) for w, m in parts]
+        if key.endswith("max"):
+            out[key] = max(v for _, v in vals)
+        elif key.endswith("min"):
+            out[key] = min(v for _, v in vals)
+        else:
+            out[key] = sum(w * v for w, v in vals)
+    return out
+
+
 def update(ctx: RunContext, batch: TrainBatch, cfg: RunConfig) -> dict[str, float]:
-    """Optimise the selected loss over the batch: ``epochs`` passes of shuffled minibatches."""
+    """Optimise the selected loss over the batch: ``epochs`` passes of shuffled minibatches, one
+    optimizer step each. With ``train.microbatches > 1`` a minibatch is cut into length-sorted
+    micro-batches (less padding) whose losses, weighted by their share of rows, are
+    back-propagated before the step: gradient accumulation, exact for a loss that is a mean over
+    rows (the ``rz_loss`` contract)."""
     model, opt = ctx.policy.model, ctx.optimizer
     with torch.no_grad():
         model.eval()
         extras = _merge(ctx.hook.rz_prepare_update(ctx=ctx, batch=batch), "rz_prepare_update")
     batch = replace(batch, extras={**batch.extras, **extras})
+    lengths = batch.attention_mask.sum(-1)
     model.train()
     sums: dict[str, list[float]] = defaultdict(list)
     gen = ctx.generator("minibatch")
     for _ in range(cfg.train.epochs):
         order = torch.randperm(len(batch), generator=gen)
         for start in range(0, len(batch), cfg.train.minibatch_size):
-            mb = batch.select(order[start : start + cfg.train.minibatch_size])
-            out = ctx.hook.rz_loss(ctx=ctx, batch=mb)
+            index = order[start : start + cfg.train.minibatch_size]
+            parts = _microbatches(index, lengths, cfg.train.microbatches)
             opt.zero_grad(set_to_none=True)
-            out.loss.backward()
+            done = []
+            for part in parts:
+                out = ctx.hook.rz_loss(ctx=ctx, batch=batch.select(part))
+                w = len(part) / len(index)
+                (out.loss if len(parts) == 1 else out.loss * w).backward()
+                done.append((w, {"loss/total": float(out.loss.detach()), **out.metrics}))
             if cfg.train.max_grad_norm > 0:
                 norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
                 sums["train/grad_norm"].append(float(norm))
             opt.step()
-            sums["loss/total"].append(float(out.loss))
-            for k, v in out.metrics.items():
-                sums[k].append(float(v))
+            for k, v in _combine(done).items():
+                sums[k].append(v)
     model.eval()
     return {k: sum(v) / len(v) for k, v in sums.items()}
 

@@ -92,3 +92,79 @@ def test_top_p_keeps_nucleus():
 def test_bad_config():
     with pytest.raises(ValueError, match="engine.max_batch=0"):
         TorchEnginePlugin(TorchEngineConfig(max_batch=0))
+
+
+def _qwen2_gqa_policy():
+    """A tiny Qwen2 with q/k/v biases and grouped-query attention (4 query heads, 2 KV heads)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from reasonzoo.policy import Policy, build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:  # non-zero biases, so the fused bias path is exercised
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.2)
+    return Policy(model=model, tokenizer=tok)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2_gqa"])
+def test_fast_path_matches_hf_forward(tiny_policy, arch):
+    """The lean decoder gives the HF forward's greedy tokens, and its sampled log-probs (with row
+    dropping and per-request limits) equal teacher-forced HF log-probs."""
+    policy = tiny_policy if arch == "llama" else _qwen2_gqa_policy()
+    fast = TorchEngine(TorchEngineConfig(compact_at=0.1), policy)
+    slow = TorchEngine(TorchEngineConfig(fast=False), policy)
+    assert fast.fast is not None and slow.fast is None
+    greedy = SamplingParams(temperature=0, max_new_tokens=24)
+    for a, b in zip(fast.generate(_reqs(policy), greedy, torch.Generator()), slow.generate(_reqs(policy), greedy, torch.Generator())):
+        assert a.token_ids == b.token_ids and a.finish_reason is b.finish_reason
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=1e-5)
+    reqs = [GenerationRequest(r.prompt_ids, max_new_tokens=m) for r in _reqs(policy) * 4 for m in (5, None)]
+    outs = fast.generate(reqs, SamplingParams(temperature=1.3, max_new_tokens=40), torch.Generator().manual_seed(2))
+    assert any(o.finish_reason is FinishReason.STOP for o in outs)  # rows did leave the batch early
+    for r, out in zip(reqs, outs):
+        assert len(out.token_ids) <= (r.max_new_tokens or 40)
+        if not out.token_ids:
+            continue
+        seq = torch.tensor([list(r.prompt_ids) + list(out.token_ids)])
+        with torch.no_grad():
+            logits = policy.model(input_ids=seq).logits[0, len(r.prompt_ids) - 1 : -1] / 1.3
+        lp = torch.log_softmax(logits, -1).gather(-1, seq[0, len(r.prompt_ids) :, None]).squeeze(-1)
+        torch.testing.assert_close(lp, torch.tensor(out.logprobs), atol=1e-5, rtol=1e-5)
+
+
+def test_fast_path_seeded_with_compaction(tiny_policy):
+    eng = TorchEngine(TorchEngineConfig(compact_at=0.1), tiny_policy)
+    params = SamplingParams(temperature=1.5, max_new_tokens=30)
+    reqs = _reqs(tiny_policy) * 8
+    a = eng.generate(reqs, params, torch.Generator().manual_seed(3))
+    assert a == eng.generate(reqs, params, torch.Generator().manual_seed(3))
+    assert a != eng.generate(reqs, params, torch.Generator().manual_seed(4))
+
+
+def test_unsupported_model_uses_hf_forward():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from reasonzoo.fastdecode import unsupported
+    from reasonzoo.policy import Policy, build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=64,
+                                       eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)).eval()
+    policy = Policy(model=model, tokenizer=tok)
+    assert "GPT2LMHeadModel" in unsupported(model)
+    eng = TorchEngine(TorchEngineConfig(), policy)
+    assert eng.fast is None
+    outs = eng.generate(_reqs(policy), SamplingParams(max_new_tokens=5), torch.Generator().manual_seed(0))
+    assert all(1 <= len(o.token_ids) <= 5 for o in outs)
+
+
+def test_bad_compact_at():
+    with pytest.raises(ValueError, match="engine.compact_at=0"):
+        TorchEnginePlugin(TorchEngineConfig(compact_at=0))

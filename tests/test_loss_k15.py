@@ -52,7 +52,8 @@ def test_autograd_gradient_equals_eq3(tiny_policy, make_ctx, divide):
     gradients ∇log π(y_j|x): (1/k) Σ_j [∇log π_j (r_j − r̄) − τ (log π_j − log π_ref,j) ∇log π_j]."""
     tau = 0.3
     policy = tiny_policy
-    ctx = make_ctx(["loss.tau=0.3", f"loss.divide_by_2tau={divide}"], policy=policy)
+    # several optimizer steps per iteration (minibatch 2 < 4 rows): the reference is computed up front
+    ctx = make_ctx(["loss.tau=0.3", f"loss.divide_by_2tau={divide}", "train.minibatch_size=2"], policy=policy)
     plugin = K15Loss(K15LossConfig(tau=tau, divide_by_2tau=divide))
     ctx.hook = make_manager({"loss": plugin}).hook
     group = _group(policy, [1, 0, 1, 0], ["3#3", "#4", "1+2=3;#3", "#9"])
@@ -118,3 +119,54 @@ def test_stale_segments_excluded(make_ctx, tiny_policy):
     assert full[0].sum() == len(r0.response_ids)
     assert fresh[0].sum() == len(r0.response_ids) - 3
     assert fresh[1].sum() == full[1].sum()
+
+
+def _four_rollouts(policy):
+    return _group(policy, [1, 0, 1, 0], ["3#3", "#4", "1+2=3;#3", "#9"])
+
+
+def test_single_step_update_uses_its_own_forward_as_reference(make_ctx, tiny_policy):
+    """With one optimizer step per iteration the loss forward runs at θ_i and is its own
+    (exact) reference; with several steps the reference is computed up front."""
+    from dataclasses import replace
+
+    policy = tiny_policy
+    plugin = K15Loss(K15LossConfig())
+    batch = collate([_four_rollouts(policy)], policy.pad_token_id)
+    with torch.no_grad():
+        several = plugin.rz_prepare_update(make_ctx(["train.minibatch_size=2"], policy=policy), batch)
+        single = plugin.rz_prepare_update(make_ctx(["train.minibatch_size=64"], policy=policy), batch)
+    assert "k15/ref_logprob" in several and "k15/ref_logprob" not in single
+    ctx = make_ctx(["train.minibatch_size=64"], policy=policy)
+    out_single = plugin.rz_loss(ctx, replace(batch, extras=single))
+    out_several = plugin.rz_loss(ctx, replace(batch, extras=several))
+    torch.testing.assert_close(out_single.loss, out_several.loss)
+    assert out_single.metrics["loss/logratio_absmax"] == 0.0
+    g1 = torch.autograd.grad(plugin.rz_loss(ctx, replace(batch, extras=single)).loss, list(policy.model.parameters()))
+    g2 = torch.autograd.grad(plugin.rz_loss(ctx, replace(batch, extras=several)).loss, list(policy.model.parameters()))
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_microbatches_give_the_same_step(make_ctx, tiny_policy):
+    """train.microbatches=3 (length-sorted parts, gradients accumulated) = one minibatch step."""
+    import copy
+
+    from reasonzoo.config import validate
+    from reasonzoo.trainer import update
+
+    results = []
+    for m in (1, 3):
+        policy = copy.deepcopy(tiny_policy)
+        ctx = make_ctx([f"train.microbatches={m}", "train.minibatch_size=64", "train.max_grad_norm=0"], policy=policy)
+        ctx.hook = make_manager({"loss": K15Loss(K15LossConfig())}).hook
+        ctx.optimizer = torch.optim.SGD(policy.model.parameters(), lr=0.5)
+        batch = collate([_four_rollouts(policy), _group(policy, [0, 1], ["12345678", "#3"])], policy.pad_token_id)
+        metrics = update(ctx, batch, validate(ctx.cfg))
+        results.append(([p.detach().clone() for p in policy.model.parameters()], metrics))
+    (p1, m1), (p3, m3) = results
+    for a, b in zip(p1, p3):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert m1.keys() == m3.keys()
+    for k in m1:
+        assert m3[k] == pytest.approx(m1[k], rel=1e-4, abs=1e-6), k

@@ -4,13 +4,16 @@ import json
 import pytest
 
 from reasonzoo.plugins.task.jsonl import Jsonl, JsonlConfig, read_problems
-from reasonzoo.plugins.task.modarith import ModArith, ModArithConfig, solve
+from reasonzoo.plugins.task.modarith import ModArith, ModArithConfig, render, solve
 from reasonzoo.plugins.task.reasoning_gym import ReasoningGym, ReasoningGymConfig
 
 
 def test_solve_hand_values():
-    # 3+4=7; 7*2=14->4; 4-7=-3->7 (mod 10)
-    assert solve([3, 4, 2, 7], ["+", "*", "-"], 10) == (7, "3+4=7;7*2=4;4-7=7;#7")
+    # mod 10: 3+4=7; 7*2=14->4; 4-7=-3->7
+    assert solve([3, 4, 2, 7], ["+", "*", "-"], 10) == (7, "a3+4=7;b7*2=4;c4-7=7;#7")
+    # mod 5: 3+4=7->2; 2*2=4; 4-2=2
+    assert solve([3, 4, 2, 2], ["+", "*", "-"], 5) == (2, "a3+4=2;b2*2=4;c4-2=2;#2")
+    assert render([3, 4, 2, 2], ["+", "*", "-"]) == "3a+4b*2c-2="
 
 
 def test_modarith_splits(make_ctx):
@@ -25,6 +28,8 @@ def test_modarith_splits(make_ctx):
     assert [q.uid for q in task.rz_load_problems(ctx, "train")] == [q.uid for q in train]  # seeded
     with pytest.raises(ValueError, match="task.ops='/'"):
         ModArith(ModArithConfig(ops="/"))
+    with pytest.raises(ValueError, match="task.modulus=11"):
+        ModArith(ModArithConfig(modulus=11))
 
 
 def test_jsonl_errors_name_file_and_line(tmp_path):

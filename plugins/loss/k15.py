@@ -14,8 +14,12 @@ Implementation details:
 - log π(y|x) is the SUM of the response's token log-probs (sequence level, not per token).
 - r_j is the total reward (outcome + length reward), the baseline is computed over the full
   group once per iteration (``rz_prepare_update``), so minibatches may split groups.
-- The reference log-probs are recomputed by the trainer's model at the start of the update
-  (θ = θ_i), not taken from the sampler, so they are exact whatever the sampling temperature.
+- The reference log-probs are those of the trainer's model at θ = θ_i, not the sampler's, so
+  they are exact whatever the sampling temperature. When the update is a single optimizer step
+  (``train.epochs == 1`` and ``train.minibatch_size >= N``; micro-batches accumulate into that
+  one step) every loss forward runs at θ_i, so ``seq.detach()`` *is* the reference and no extra
+  forward is needed. Otherwise (several steps, or a model with dropout, whose forward is
+  stochastic) they are computed up front in ``rz_prepare_update``, before the first step.
 - ``divide_by_2tau: true`` (default) divides L by 2τ so that ∇L = −(eq. 3) exactly and the
   step size does not depend on τ; ``false`` keeps the paper's L.
 - The optimizer state is reset at the start of every iteration (each iteration is a new
@@ -59,6 +63,13 @@ def group_baselines(returns: torch.Tensor, group_index: torch.Tensor, tau: float
     return out
 
 
+def has_dropout(model) -> bool:
+    """True when a forward in train mode is stochastic (a dropout module or attention dropout > 0)."""
+    if float(getattr(getattr(model, "config", None), "attention_dropout", 0.0) or 0.0) > 0:
+        return True
+    return any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules())
+
+
 def k15_loss(seq_logp: torch.Tensor, ref_logp: torch.Tensor, returns: torch.Tensor, baseline: torch.Tensor,
              tau: float, divide_by_2tau: bool) -> torch.Tensor:
     """Mean over rows of (r − b − τ(log π − log π_ref))², optionally divided by 2τ."""
@@ -94,15 +105,19 @@ class K15Loss:
 
     @hookimpl
     def rz_prepare_update(self, ctx, batch):
-        return {
-            "k15/ref_logprob": self.seq_logprobs(ctx, batch),
-            "k15/baseline": group_baselines(batch.returns, batch.group_index, self.cfg.tau, self.cfg.baseline),
-        }
+        out = {"k15/baseline": group_baselines(batch.returns, batch.group_index, self.cfg.tau, self.cfg.baseline)}
+        train = ctx.cfg.train
+        one_step = train.epochs == 1 and train.minibatch_size >= len(batch)
+        if not one_step or has_dropout(ctx.policy.model):
+            out["k15/ref_logprob"] = self.seq_logprobs(ctx, batch)  # θ = θ_i: before any step
+        return out
 
     @hookimpl
     def rz_loss(self, ctx, batch):
         seq = self.seq_logprobs(ctx, batch)
-        ref, base = batch.extras["k15/ref_logprob"], batch.extras["k15/baseline"]
+        # single-step update: this forward runs at θ_i, so it is its own reference (exact)
+        ref = batch.extras["k15/ref_logprob"] if "k15/ref_logprob" in batch.extras else seq.detach()
+        base = batch.extras["k15/baseline"]
         loss = k15_loss(seq, ref, batch.returns, base, self.cfg.tau, self.cfg.divide_by_2tau)
         with torch.no_grad():
             logratio = seq - ref

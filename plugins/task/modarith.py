@@ -1,16 +1,20 @@
 """Modular chain arithmetic: a synthetic verifiable task where a chain of thought helps and harder
 instances need longer chains.
 
-A problem is a chain of one-digit terms combined left to right with ``+ - *`` modulo 10; the
-difficulty is the number of operations. The prompt labels each step (``3a+4b*2c-7=``); the policy
-either answers at once (``#7``) or works step by step (``a3+4=7;b7*2=4;c4-7=7;#7``): one step is
-7 tokens, so the worked solution of a d-step problem is 7d + 2 tokens (+ EOS).
+A problem is a chain of one-digit terms combined left to right with ``+ - *`` modulo ``modulus``;
+the difficulty is the number of operations. The prompt labels each step (``3a+4b*2c-2=``); the
+policy either answers at once (``#4``) or works step by step (``a3+4=2;b2*2=4;c4-2=2;#2``, mod 5):
+one step is 7 tokens, so the worked solution of a d-step problem is 7d + 2 tokens (+ EOS).
 
-The labels make each step's operands content-addressable: without them a tiny model must locate
-the i-th operator by position in prompts of varying length, which it did not learn in minutes
-of SFT (the operator copy stayed at ~1.1 nats); with them it copies by matching the label. Direct answers of long chains are near chance (the machine
-notes measured ~25% vs 62-89% with working after SFT), so RL that rewards correctness should
-learn to think, and to think longer on harder problems (k1.5 Figure 5, in miniature).
+Two choices make the task learnable by the tiny default model in a ~3-minute warm-up:
+- the labels make each step's operands content-addressable: without them the model must locate
+  the i-th operator by position in prompts of varying length, which it had not learned after
+  minutes of SFT (the operator copy stayed at ~1.1 nats);
+- modulus 5 by default: a 75-entry (a, op, b) table, learned to near-zero loss in 1200 SFT steps,
+  where the 300-entry mod-10 table was still at ~1.3 nats per result after 800.
+Worked solutions are then near-perfect while direct answers of multi-step chains stay near
+chance, so RL that rewards correctness should learn to think, and to think longer on harder
+problems (k1.5 Figure 5, in miniature).
 
 Train and eval splits are generated from ``seed`` and are disjoint (no eval prompt in train).
 """
@@ -30,7 +34,7 @@ class ModArithConfig:
     min_steps: int = 2  #: easiest difficulty (operations per problem)
     max_steps: int = 8  #: hardest difficulty (at most 26: one label letter per step)
     ops: str = "+-*"  #: operators to draw from
-    modulus: int = 10  #: results are reduced modulo this (single digit for 10)
+    modulus: int = 5  #: results are reduced modulo this (at most 10: one digit)
     train_size: int = 20000  #: problems in the training pool (equal share per difficulty)
     eval_per_difficulty: int = 500  #: held-out problems per difficulty
 
@@ -61,6 +65,8 @@ class ModArith:
     def __init__(self, cfg: ModArithConfig):
         if not 1 <= cfg.min_steps <= cfg.max_steps <= len(LABELS):
             raise ValueError(f"task.min_steps={cfg.min_steps}, task.max_steps={cfg.max_steps}: need 1 <= min <= max <= {len(LABELS)}")
+        if not 2 <= cfg.modulus <= 10:
+            raise ValueError(f"task.modulus={cfg.modulus}: must be in 2..10 (one-digit results)")
         bad = set(cfg.ops) - set(OPS)
         if bad or not cfg.ops:
             raise ValueError(f"task.ops={cfg.ops!r}: allowed characters are {''.join(OPS)}")
