@@ -2,7 +2,6 @@
 import configparser
 from pathlib import Path
 
-import reasonzoo
 
 ROOT = Path(__file__).resolve().parents[1]
 MAPPING = {"core": "reasonzoo", "plugins": "reasonzoo.plugins", "conf": "reasonzoo.conf"}

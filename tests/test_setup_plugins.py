@@ -1,5 +1,4 @@
 """model/hf, warmup/sft, warmup/none, rollout/sync, distiller/merge, distiller/none, logger/wandb, logger/none."""
-from pathlib import Path
 
 import pytest
 import torch

@@ -15,13 +15,13 @@ given, a seeded ``eval_fraction`` of the train file is held out.
 """
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from reasonzoo import hookimpl, plugin
+from reasonzoo.jsonl import iter_objects
 from reasonzoo.types import Problem
 
 KNOWN = ("statement", "prompt", "tests", "solutions", "difficulty", "id")
@@ -50,19 +50,8 @@ def _check_tests(tests, where: str) -> list[dict[str, str]]:
 def read_code_problems(path: str | Path, template: str = "{statement}") -> list[Problem]:
     """Parse a code-problem JSONL file; raises ``ValueError`` naming ``file:line`` on bad input."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"task file {str(path)!r} does not exist")
     out, seen = [], set()
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{where}: not valid JSON ({exc.msg})") from None
-        if not isinstance(obj, dict):
-            raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    for where, lineno, obj in iter_objects(path):
         text = obj.get("statement", obj.get("prompt"))
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"{where}: needs a non-empty string 'statement' or 'prompt'")

@@ -6,13 +6,13 @@ train file is held out.
 """
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from reasonzoo import hookimpl, plugin
+from reasonzoo.jsonl import iter_objects
 from reasonzoo.types import Problem
 
 
@@ -27,19 +27,8 @@ class JsonlConfig:
 def read_problems(path: str | Path, template: str = "{prompt}") -> list[Problem]:
     """Parse a JSONL problem file; raises ``ValueError`` naming ``file:line`` on bad input."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"task file {str(path)!r} does not exist")
     out, seen = [], set()
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{where}: not valid JSON ({exc.msg})") from None
-        if not isinstance(obj, dict):
-            raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    for where, lineno, obj in iter_objects(path):
         text = obj.get("prompt", obj.get("problem"))
         if not isinstance(text, str) or not text:
             raise ValueError(f"{where}: needs a non-empty string 'prompt' or 'problem'")

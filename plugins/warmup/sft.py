@@ -19,11 +19,10 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
@@ -98,9 +97,8 @@ class SFTWarmup:
                 ids[i, : len(s)] = torch.tensor(s)
                 mask[i, : len(s)] = 1
                 target_mask[i, st - 1 : len(s) - 1] = 1
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
-            nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
-            loss = (nll.view_as(target_mask) * target_mask).sum() / target_mask.sum()
+            logp = policy.token_logprobs(ids, mask)  # (B, T-1), the same path the RL losses use
+            loss = -(logp * target_mask).sum() / target_mask.sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
