@@ -69,10 +69,13 @@ class Policy:
 
     :ivar model: the trainable ``PreTrainedModel`` (float32 on the CPU by default).
     :ivar tokenizer: its tokenizer; ``pad_token_id`` and ``eos_token_id`` are set.
+    :ivar fast: compute :meth:`token_logprobs` with :func:`reasonzoo.fasttrain.token_logprobs`
+        where it is exact (Llama/Qwen2, fp32, right padding); ``False``: always the HF forward.
     """
 
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerFast
+    fast: bool = True
 
     @property
     def eos_token_id(self) -> int:
@@ -94,14 +97,22 @@ class Policy:
 
     def token_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Log-prob of each next token: ``(N, T)`` ids → ``(N, T-1)``; column t scores
-        ``input_ids[:, t + 1]``. Sequences are right-padded (positions count from 0).
+        ``input_ids[:, t + 1]``. Sequences are right-padded (positions count from 0); columns
+        whose target is padding hold finite values that callers mask out.
 
-        Under right padding a real token attends only to real tokens, so the mask is dropped
-        (exact for every real token; pad columns get finite values that callers mask out) and
-        SDPA runs its causal kernel. Any other mask is passed to the model as is.
+        Under right padding a real token attends only to real tokens, so no mask is needed. Then
+        Llama/Qwen2 in fp32 (see :func:`reasonzoo.fasttrain.unsupported`) take the lean forward of
+        :mod:`reasonzoo.fasttrain` (same maths and gradients; rows sharing a prompt run it once);
+        other models run the HF module with SDPA's causal kernel. Any other mask is passed to the
+        HF model as is.
         """
+        from .fasttrain import token_logprobs, unsupported
+
         m = attention_mask
         right_padded = m is None or bool(m[:, 0].all()) and bool((m[:, 1:] <= m[:, :-1]).all())
+        if right_padded and self.fast and unsupported(self.model) is None:
+            lengths = torch.full(input_ids.shape[:1], input_ids.shape[1]) if m is None else m.sum(-1)
+            return token_logprobs(self.model, input_ids, lengths)
         logits = self.model(input_ids=input_ids, attention_mask=None if right_padded else m).logits[:, :-1]  # (N, T-1, V)
         n, t, v = logits.shape
         nll = F.cross_entropy(logits.float().reshape(n * t, v), input_ids[:, 1:].reshape(n * t), reduction="none")

@@ -171,13 +171,18 @@ def update(ctx: RunContext, batch: TrainBatch, cfg: RunConfig) -> dict[str, floa
     optimizer step each. With ``train.microbatches > 1`` a minibatch is cut into length-sorted
     micro-batches (less padding) whose losses, weighted by their share of rows, are
     back-propagated before the step: gradient accumulation, exact for a loss that is a mean over
-    rows (the ``rz_loss`` contract)."""
+    rows (the ``rz_loss`` contract). Rows are sorted by their group's longest row, a group's rows
+    kept together, so the samples of one prompt mostly share a micro-batch (the lean forward of
+    :mod:`reasonzoo.fasttrain` runs their common prompt once)."""
     model, opt = ctx.policy.model, ctx.optimizer
     with torch.no_grad():
         model.eval()
         extras = _merge(ctx.hook.rz_prepare_update(ctx=ctx, batch=batch), "rz_prepare_update")
     batch = replace(batch, extras={**batch.extras, **extras})
     lengths = batch.attention_mask.sum(-1)
+    g = batch.group_index
+    group_len = torch.zeros(int(g.max()) + 1 if len(g) else 0, dtype=lengths.dtype).scatter_reduce(0, g, lengths, "amax")
+    sort_key = group_len[g] * (len(group_len) + 1) + g  # by group length, then group: groups stay contiguous
     model.train()
     sums: dict[str, list[float]] = defaultdict(list)
     gen = ctx.generator("minibatch")
@@ -185,7 +190,7 @@ def update(ctx: RunContext, batch: TrainBatch, cfg: RunConfig) -> dict[str, floa
         order = torch.randperm(len(batch), generator=gen)
         for start in range(0, len(batch), cfg.train.minibatch_size):
             index = order[start : start + cfg.train.minibatch_size]
-            parts = _microbatches(index, lengths, cfg.train.microbatches)
+            parts = _microbatches(index, sort_key, cfg.train.microbatches)
             opt.zero_grad(set_to_none=True)
             done = []
             for part in parts:
