@@ -28,7 +28,8 @@ from .checkpoint import atomic_write_text, latest_checkpoint, load_into, load_st
 from .config import RunConfig, validate
 from .context import RunContext
 from .registry import build_plugins, make_manager
-from .types import FinishReason, GenerationRequest, Problem, RolloutGroup, SamplingParams, TrainBatch
+from .types import (FinishReason, Generation, GenerationRequest, Problem, Rollout, RolloutGroup, SamplingParams, Segment,
+                    TrainBatch)
 
 log = logging.getLogger("reasonzoo")
 CONFIG_FILE = "reasonzoo_config.yaml"
@@ -100,10 +101,8 @@ def evaluate(ctx: RunContext, problems: Sequence[Problem], cfg: RunConfig) -> di
     return out
 
 
-def make_rollout(ctx: RunContext, problem: Problem, prompt_ids, gen, prefix=None):
+def make_rollout(ctx: RunContext, problem: Problem, prompt_ids: Sequence[int], gen: Generation) -> Rollout:
     """A :class:`Rollout` from an engine :class:`Generation` (one segment at the current version)."""
-    from .types import Rollout, Segment
-
     ids = tuple(gen.token_ids)
     return Rollout(
         problem=problem, prompt_ids=tuple(prompt_ids), response_ids=ids, logprobs=tuple(gen.logprobs),
