@@ -6,7 +6,7 @@ the difficulty is the number of operations. The prompt labels each step (``3a+4b
 policy either answers at once (``#4``) or works step by step (``a3+4=2;b2*2=4;c4-2=2;#2``, mod 5):
 one step is 7 tokens, so the worked solution of a d-step problem is 7d + 2 tokens (+ EOS).
 
-Two choices make the task learnable by the tiny default model in a ~3-minute warm-up:
+Two choices make the task learnable by the tiny default model in a ~5-minute warm-up:
 - the labels make each step's operands content-addressable: without them the model must locate
   the i-th operator by position in prompts of varying length, which it had not learned after
   minutes of SFT (the operator copy stayed at ~1.1 nats);
