@@ -21,6 +21,20 @@ class GenerationConfig:
     temperature: float = 1.0  #: sampling temperature of rollouts (1.0: behaviour = policy)
     top_p: float = 1.0  #: nucleus threshold; 1.0 = off
     max_new_tokens: int = 64  #: maximum response length in tokens
+    repeat_detection: bool = False  #: stop looping responses early (FinishReason.REPEAT; reasonzoo.repeats)
+    repeat_max_period: int = 32  #: repeat rule: longest repeated block, in tokens
+    repeat_min_repeats: int = 3  #: repeat rule: the block repeated this many times in a row
+    repeat_min_length: int = 16  #: repeat rule: and spanning at least this many tokens
+
+    def sampling(self):
+        """The rollouts' :class:`SamplingParams`."""
+        from .repeats import RepeatRule
+        from .types import SamplingParams
+
+        rule = None
+        if self.repeat_detection:
+            rule = RepeatRule(self.repeat_max_period, self.repeat_min_repeats, self.repeat_min_length)
+        return SamplingParams(self.temperature, self.top_p, self.max_new_tokens, repeat=rule)
 
 
 @dataclass

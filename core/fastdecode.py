@@ -15,7 +15,7 @@ model. :class:`FastDecoder` runs the same maths as ``LlamaForCausalLM`` / ``Qwen
   slice; left padding is masked by an additive -inf bias on its keys;
 - ``F.rms_norm``, ``addmm`` for the residual adds, a fused gate/up projection;
 - identical contexts (the k samples of a prompt) share one prefill, copied into each row's cache;
-- rows that finished (EOS, stop string, own token limit) are dropped from the batch, and the KV
+- rows that finished (EOS, stop string, own token limit, repeat detection) are dropped from the batch, and the KV
   cache compacted, once a fraction ``compact_at`` of the live rows is done (compaction copies the
   cache, so it is batched). Dropping rows changes which random draws the remaining rows get, as
   any change of batch composition does; the draws stay a function of the seed.
@@ -33,7 +33,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .types import SamplingParams
+from .repeats import RepeatTracker
+from .types import FinishReason, SamplingParams
 
 ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
 
@@ -182,17 +183,22 @@ class FastDecoder:
     @torch.inference_mode()
     def generate(self, contexts: Sequence[Sequence[int]], limits: Sequence[int], params: SamplingParams,
                  gen: torch.Generator, pad: int, eos: int,
-                 stop: Callable[[list[int]], bool] | None = None) -> list[tuple[list[int], list[float], bool]]:
+                 stop: Callable[[list[int]], bool] | None = None,
+                 prefixes: Sequence[Sequence[int]] | None = None) -> list[tuple[list[int], list[float], FinishReason]]:
         """Sample continuations of ``contexts`` (at most ``limits[i]`` tokens each).
 
         :param stop: optional test on a row's tokens so far (stop strings); True ends the row.
-        :returns: per row ``(token ids, log-probs, stopped)``; ``stopped`` is True when the row
-            ended on EOS or ``stop``, False when it reached its limit.
+        :param prefixes: the response tokens at the end of each context (a continued partial
+            rollout), seen by repeat detection (``params.repeat``); default none.
+        :returns: per row ``(token ids, log-probs, finish reason)``: STOP on EOS or ``stop``,
+            REPEAT when ``params.repeat`` fired, LENGTH at the row's limit.
         """
         b, width = len(contexts), max(len(c) for c in contexts)
         steps = max(limits)
         if steps <= 0:
-            return [([], [], False)] * b
+            return [([], [], FinishReason.LENGTH)] * b
+        tracker = None if params.repeat is None else RepeatTracker(params.repeat, prefixes or [()] * b)
+        repeated = set()
         unique: dict[tuple, int] = {}  # k samples of a prompt share one prefill
         inv = torch.tensor([unique.setdefault(tuple(c), len(unique)) for c in contexts])
         u = len(unique)
@@ -229,6 +235,7 @@ class FastDecoder:
             hist.append((live, tok, lp))
             nout += alive
             alive &= tok != eos
+            going = alive.clone() if tracker is not None else alive  # took this token, did not end on EOS
             if per_row_limit:
                 alive &= nout < limit
             if stop is not None:
@@ -237,8 +244,13 @@ class FastDecoder:
                     if bool(alive[j]):
                         seqs[i].append(toks[j])
                         if stop(seqs[i]):
-                            alive[j] = False
+                            alive[j] = going[j] = False
                             stopped_by.add(i)
+            if tracker is not None:  # repeat detection (after EOS / stop strings, before the limit)
+                cand = going.nonzero().squeeze(1)
+                hit = cand[tracker.update(tok[cand], live[cand])]
+                alive[hit] = False
+                repeated.update(live[hit].tolist())
             if t == steps - 1:
                 break
             n_alive = int(alive.sum())
@@ -264,5 +276,9 @@ class FastDecoder:
         out = []
         for i in range(b):
             ids_i = toks[i][: n[i]]
-            out.append((ids_i, lps[i][: n[i]], i in stopped_by or (n[i] > 0 and ids_i[-1] == eos)))
+            if i in stopped_by or (n[i] > 0 and ids_i[-1] == eos):
+                reason = FinishReason.STOP
+            else:
+                reason = FinishReason.REPEAT if i in repeated else FinishReason.LENGTH
+            out.append((ids_i, lps[i][: n[i]], reason))
         return out

@@ -152,7 +152,9 @@ def rz_rollout(ctx, problems, engine, samples_per_problem, sampling):
     :param Engine engine: the rollout engine.
     :param int samples_per_problem: k, the group size.
     :param SamplingParams sampling: sampling settings.
-    :returns: ``list[RolloutGroup]`` with ``rewards`` unset; every rollout finished.
+    :returns: ``list[RolloutGroup]`` with ``rewards`` unset; every rollout finished. May be empty
+        (a partial-rollout scheduler that finished no group): the core then skips rewards and the
+        update, keeps the policy version, and still logs and checkpoints the iteration.
 
     Exclusive: stops at first non-None result.
     """

@@ -61,6 +61,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "reasonzoo.plugins.sampler.curriculum",
     "reasonzoo.plugins.sampler.prioritized",
     "reasonzoo.plugins.rollout.sync",
+    "reasonzoo.plugins.rollout.partial",
     "reasonzoo.plugins.reward.answer",
     "reasonzoo.plugins.reward.math",
     "reasonzoo.plugins.reward.reasoning_gym",

@@ -4,6 +4,8 @@
     per iteration: sample problems → rollouts (k per problem) → rewards → length penalty
                    → prepare update → loss + optimizer steps → iteration end → evaluate → log
                    → checkpoint
+                   (an iteration whose scheduler returns no finished group skips rewards and the
+                   update, and keeps the policy version; it is still logged and checkpointed)
     final evaluation → distill → summary
 
 No algorithm is named here: what a step does is decided by the plugin selected for it.
@@ -286,7 +288,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             hook.rz_log_metrics(ctx=ctx, metrics=record, step=0)
             if rc.iterations > 0:
                 save_checkpoint(run_dir, 0, policy, _state(ctx, 0), keep=rc.checkpoint.keep)
-        sampling = SamplingParams(rc.generation.temperature, rc.generation.top_p, rc.generation.max_new_tokens)
+        sampling = rc.generation.sampling()
         bar = tqdm(range(start, rc.iterations + 1), desc="RL", disable=not rc.progress, initial=start - 1, total=rc.iterations)
         record = {}
         for it in bar:
@@ -298,21 +300,26 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             groups = hook.rz_rollout(ctx=ctx, problems=problems, engine=engine,
                                      samples_per_problem=rc.samples_per_prompt, sampling=sampling)
             t_roll = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            rewards = hook.rz_reward(ctx=ctx, groups=groups)
-            groups = [replace(g, rewards=tuple(r)) for g, r in zip(groups, rewards)]
-            lens = hook.rz_length_penalty(ctx=ctx, groups=groups)
-            groups = [replace(g, length_rewards=tuple(x)) for g, x in zip(groups, lens)]
-            t_rew = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            batch = collate(groups, policy.pad_token_id)
-            record = {"iteration": it, **rollout_metrics(groups), **update(ctx, batch, rc)}
-            ctx.policy_version += 1
-            engine.sync_weights()
-            t_upd = time.perf_counter() - t0
+            t_rew = t_upd = 0.0
+            record = {"iteration": it, "response/groups": len(groups)}
+            if groups:  # a partial-rollout scheduler may finish no group this iteration: no update then
+                t0 = time.perf_counter()
+                rewards = hook.rz_reward(ctx=ctx, groups=groups)
+                groups = [replace(g, rewards=tuple(r)) for g, r in zip(groups, rewards)]
+                lens = hook.rz_length_penalty(ctx=ctx, groups=groups)
+                groups = [replace(g, length_rewards=tuple(x)) for g, x in zip(groups, lens)]
+                t_rew = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                batch = collate(groups, policy.pad_token_id)
+                record.update({**rollout_metrics(groups), **update(ctx, batch, rc)})
+                ctx.policy_version += 1
+                engine.sync_weights()
+                t_upd = time.perf_counter() - t0
             record.update(_merge(hook.rz_iteration_end(ctx=ctx, groups=groups), "rz_iteration_end"))
             record.update({"time/rollout": t_roll, "time/reward": t_rew, "time/update": t_upd,
-                           "response/tokens_per_s": record["response/tokens"] / max(t_roll, 1e-9)})
+                           "response/tokens_per_s": record.get("response/tokens", 0) / max(t_roll, 1e-9)})
+            if "rollout/tokens" in record:  # tokens generated this iteration (partial rollouts), per second
+                record["response/generated_tokens_per_s"] = record["rollout/tokens"] / max(t_roll, 1e-9)
             if it == rc.iterations or (rc.eval.every > 0 and it % rc.eval.every == 0):
                 t0 = time.perf_counter()
                 record.update(evaluate(ctx, eval_problems, rc))

@@ -15,6 +15,8 @@ from typing import Any, Mapping
 
 import torch
 
+from .repeats import RepeatRule
+
 
 class FinishReason(str, enum.Enum):
     """How a response ended (the paper's end states, §2.6.2)."""
@@ -148,12 +150,15 @@ class SamplingParams:
     :ivar top_p: nucleus sampling threshold (1.0 = off).
     :ivar max_new_tokens: maximum response length in tokens.
     :ivar stop_strings: generation stops after any of these strings appears in the response.
+    :ivar repeat: repeat detection (:mod:`reasonzoo.repeats`): a response that starts looping is
+        stopped with ``FinishReason.REPEAT``; ``None`` (default) = off.
     """
 
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 64
     stop_strings: tuple[str, ...] = ()
+    repeat: RepeatRule | None = None
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 import pytest
 
 from reasonzoo.plugins.length_penalty.k15 import K15LengthPenalty, K15LengthPenaltyConfig, len_rewards
-from reasonzoo.plugins.length_penalty.none import NoLengthPenalty
+from reasonzoo.plugins.length_penalty.none import NoLengthPenalty, NoLengthPenaltyConfig
 from reasonzoo.types import FinishReason, Problem, RewardResult, Rollout, RolloutGroup, Segment
 
 
@@ -42,7 +42,7 @@ def test_total_reward_adds_weighted_term():
 
 
 def test_none_adds_zero(make_ctx):
-    assert NoLengthPenalty(None).rz_length_penalty(make_ctx(), [group([1, 9], [True, False])]) == [[0.0, 0.0]]
+    assert NoLengthPenalty(NoLengthPenaltyConfig()).rz_length_penalty(make_ctx(), [group([1, 9], [True, False])]) == [[0.0, 0.0]]
 
 
 def test_negative_warmup_rejected():

@@ -12,6 +12,11 @@ Two forwards:
 - otherwise (other architectures, or ``fast: false``) the Hugging Face module itself, token by
   token with its cache, as ``generate`` does; a finished row idles until the batch ends.
 
+Both apply repeat detection (``SamplingParams.repeat``, :mod:`reasonzoo.repeats`) after every
+token, over the request's ``prefix_ids`` plus the new tokens: a looping row ends with
+``FinishReason.REPEAT``. Precedence when several fire on one token: EOS / stop string, then repeat,
+then the length limit.
+
 Both read the trainer's ``nn.Module`` at every call, so ``sync_weights`` has nothing to copy.
 """
 from __future__ import annotations
@@ -25,6 +30,7 @@ import torch
 
 from reasonzoo import hookimpl, plugin
 from reasonzoo.fastdecode import FastDecoder, sample_next, unsupported
+from reasonzoo.repeats import RepeatTracker
 from reasonzoo.types import FinishReason, Generation, GenerationRequest, SamplingParams
 
 __all__ = ["TorchEngine", "TorchEngineConfig", "TorchEnginePlugin", "sample_next"]
@@ -67,9 +73,8 @@ class TorchEngine:
             stop = lambda ids: any(self.policy.decode(ids).endswith(x) for x in params.stop_strings)  # noqa: E731
         rows = self.fast.generate([tuple(r.prompt_ids) + tuple(r.prefix_ids) for r in reqs],
                                   [r.max_new_tokens or params.max_new_tokens for r in reqs], params, gen,
-                                  self.policy.pad_token_id, self.policy.eos_token_id, stop)
-        return [Generation(tuple(ids), tuple(lps), FinishReason.STOP if stopped else FinishReason.LENGTH)
-                for ids, lps, stopped in rows]
+                                  self.policy.pad_token_id, self.policy.eos_token_id, stop, [r.prefix_ids for r in reqs])
+        return [Generation(tuple(ids), tuple(lps), reason) for ids, lps, reason in rows]
 
     @torch.inference_mode()
     def _generate(self, reqs, params, gen) -> list[Generation]:
@@ -91,6 +96,7 @@ class TorchEngine:
         reason = [FinishReason.LENGTH] * b
         done = limit <= 0
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        tracker = None if params.repeat is None else RepeatTracker(params.repeat, [r.prefix_ids for r in reqs])
         res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
         for t in range(steps):
             cache = res.cache if hasattr(res, "cache") and res.cache is not None else res.past_key_values
@@ -106,6 +112,12 @@ class TorchEngine:
                         stop[i] = True
             for i in stop.nonzero().flatten().tolist():
                 reason[i] = FinishReason.STOP
+            if tracker is not None:  # repeat detection on the rows that took this token and go on
+                cand = (active & ~stop).nonzero().squeeze(1)
+                hit = cand[tracker.update(tok[cand], cand)]
+                for i in hit.tolist():
+                    reason[i] = FinishReason.REPEAT
+                stop[hit] = True
             done = done | stop | (n_out >= limit)
             if bool(done.all()):
                 break

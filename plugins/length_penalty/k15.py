@@ -10,18 +10,24 @@ For the k responses of one prompt with lengths len(i) (tokens), min_len and max_
 Total reward = r + w · len_reward. No penalty during the first ``warmup_iterations`` iterations
 (the paper warms up with no penalty, then applies a constant weight). Min and max are taken per
 group, never across the batch (open-r1's batch-wide min/max is a known deviation).
+
+``repeat_penalty`` (§2.6.2: a repeating response "can be given a penalty"; the value is ours): a
+response stopped by repeat detection (``FinishReason.REPEAT``) gets ``-repeat_penalty`` added to
+its term, from iteration 1 (no warm-up). 0 (default) = no penalty.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from reasonzoo import hookimpl, plugin
+from reasonzoo.repeats import repeat_penalties
 
 
 @dataclass
 class K15LengthPenaltyConfig:
     weight: float = 0.1  #: w; the paper gives no value (a weight of 1.0 from the start collapsed the tiny model to short wrong answers)
     warmup_iterations: int = 10  #: iterations 1..N get no penalty; undisclosed in the paper
+    repeat_penalty: float = 0.0  #: subtracted from a repeat-stopped response's reward (§2.6.2); 0 = none
 
 
 def len_rewards(lengths: list[int], correct: list[bool]) -> list[float]:
@@ -46,6 +52,7 @@ class K15LengthPenalty:
     def rz_length_penalty(self, ctx, groups):
         w = self.cfg.weight if ctx.iteration > self.cfg.warmup_iterations else 0.0
         return [
-            [w * x for x in len_rewards([r.length for r in g.rollouts], [rw.correct for rw in g.rewards])]
+            [w * x + p for x, p in zip(len_rewards([r.length for r in g.rollouts], [rw.correct for rw in g.rewards]),
+                                       repeat_penalties(g.rollouts, self.cfg.repeat_penalty))]
             for g in groups
         ]

@@ -57,7 +57,7 @@ class Prioritized:
             self.attempts[uid] = self.attempts.get(uid, 0) + len(g.rewards)
             self.correct[uid] = self.correct.get(uid, 0) + sum(r.correct for r in g.rewards)
         rates = [self.success_rate(u) for u in self.attempts]
-        return {"sampler/seen_problems": float(len(self.attempts)), "sampler/mean_success": sum(rates) / len(rates)}
+        return {"sampler/seen_problems": float(len(self.attempts)), "sampler/mean_success": sum(rates) / max(len(rates), 1)}
 
     @hookimpl
     def rz_checkpoint_state(self, ctx):
