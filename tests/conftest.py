@@ -51,3 +51,70 @@ def make_ctx(tmp_path):
         return RunContext(cfg=cfg, hook=hook, run_dir=tmp_path, policy=policy, iteration=iteration)
 
     return make
+
+
+#: Metrics measured with a wall clock: they differ between otherwise identical runs.
+WALL_CLOCK = ("warmup/cached", "warmup/seconds", "response/tokens_per_s", "response/generated_tokens_per_s")
+
+
+def _run_metrics(run_dir):
+    import json
+    from pathlib import Path
+
+    recs = [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith("time/") and k not in WALL_CLOCK} for r in recs]
+
+
+def _cli(args):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "reasonzoo.train", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.fixture
+def run_metrics():
+    """``run_metrics(run_dir)``: the run's metrics.jsonl records without wall-clock measurements."""
+    return _run_metrics
+
+
+@pytest.fixture
+def cli():
+    """``cli(args)``: start ``python -m reasonzoo.train args`` (a Popen, output piped)."""
+    return _cli
+
+
+@pytest.fixture
+def kill_and_resume(tmp_path):
+    """``kill_and_resume(args, after=2, before_resume=None)`` runs ``args`` to the end in ``ref/``,
+    runs them again in ``killed/``, sends SIGKILL once iteration ``after`` is checkpointed, calls
+    ``before_resume(killed_dir)`` if given, resumes that run, and returns ``(ref_dir, killed_dir)``."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def run(args, after=2, before_resume=None):
+        ref = _cli(args + [f"hydra.run.dir={tmp_path}/ref"])
+        out, _ = ref.communicate(timeout=600)
+        assert ref.returncode == 0, out
+        killed = tmp_path / "killed"
+        proc = _cli(args + [f"hydra.run.dir={killed}"])
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if (killed / "checkpoints" / f"iter_{after:06d}" / "state.pt").exists():
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert not (killed / "final").exists(), "the run finished before it was killed"
+        if before_resume is not None:
+            before_resume(killed)
+        res = subprocess.run([sys.executable, "-m", "reasonzoo.train", f"resume={killed}"], capture_output=True,
+                             text=True, timeout=600)
+        assert res.returncode == 0, res.stdout + res.stderr
+        return tmp_path / "ref", killed
+
+    return run

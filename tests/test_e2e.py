@@ -2,12 +2,8 @@
 the same metrics; a killed run resumes from its last checkpoint and ends exactly where an
 uninterrupted run ends; a Hydra sweep gives one directory per job."""
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM
@@ -16,21 +12,10 @@ from reasonzoo.train import compose
 from reasonzoo.trainer import train
 
 
-def metrics(run_dir):
-    recs = [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-    clock = ("warmup/cached", "warmup/seconds", "response/tokens_per_s")  # wall-clock measurements
-    return [{k: v for k, v in r.items() if not k.startswith("time/") and k not in clock} for r in recs]
-
-
-def cli(args, **kw):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "reasonzoo.train", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
-
-
-def test_tiny_run_end_to_end(tmp_path, tiny_overrides):
+def test_tiny_run_end_to_end(tmp_path, tiny_overrides, run_metrics):
     cfg = compose(tiny_overrides + ["iterations=3", "eval.every=2"])
     summary = train(cfg, tmp_path)
-    recs = metrics(tmp_path)
+    recs = run_metrics(tmp_path)
     assert [r["iteration"] for r in recs] == [0, 1, 2, 3]
     for r in recs[1:]:
         for key in ("reward/mean", "response/mean_length", "loss/k15", "policy_version"):
@@ -52,34 +37,19 @@ def test_tiny_run_end_to_end(tmp_path, tiny_overrides):
     assert kept == ["iter_000002", "iter_000003"]
 
 
-def test_same_seed_same_metrics(tmp_path, tiny_overrides):
+def test_same_seed_same_metrics(tmp_path, tiny_overrides, run_metrics):
     a = train(compose(tiny_overrides + ["seed=3"]), tmp_path / "a")
     b = train(compose(tiny_overrides + ["seed=3"]), tmp_path / "b")
     train(compose(tiny_overrides + ["seed=4"]), tmp_path / "c")
-    assert metrics(tmp_path / "a") == metrics(tmp_path / "b")
-    assert metrics(tmp_path / "a") != metrics(tmp_path / "c")
+    assert run_metrics(tmp_path / "a") == run_metrics(tmp_path / "b")
+    assert run_metrics(tmp_path / "a") != run_metrics(tmp_path / "c")
     assert a["final_eval"] == b["final_eval"]
 
 
-def test_kill_and_resume_matches_uninterrupted(tmp_path, tiny_overrides):
-    args = tiny_overrides + ["iterations=5", "eval.every=2", "sampler=prioritized"]
-    ref = cli(args + [f"hydra.run.dir={tmp_path}/ref"])
-    out, _ = ref.communicate(timeout=600)
-    assert ref.returncode == 0, out
-    run = tmp_path / "killed"
-    proc = cli(args + [f"hydra.run.dir={run}"])
-    deadline = time.time() + 300
-    while time.time() < deadline:  # kill -9 once iteration 2 is checkpointed
-        if (run / "checkpoints" / "iter_000002" / "state.pt").exists():
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (run / "final").exists(), "the run finished before it was killed"
-    res = subprocess.run([sys.executable, "-m", "reasonzoo.train", f"resume={run}"], capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert metrics(run) == metrics(tmp_path / "ref")
-    assert (run / "final" / "config.json").exists()
+def test_kill_and_resume_matches_uninterrupted(tiny_overrides, kill_and_resume, run_metrics):
+    ref, killed = kill_and_resume(tiny_overrides + ["iterations=5", "eval.every=2", "sampler=prioritized"])
+    assert run_metrics(killed) == run_metrics(ref)
+    assert (killed / "final" / "config.json").exists()
 
 
 def test_resume_of_non_run_is_a_clear_error(tmp_path):
@@ -87,7 +57,7 @@ def test_resume_of_non_run_is_a_clear_error(tmp_path):
     assert res.returncode == 2 and "not a reasonzoo run directory" in res.stderr
 
 
-def test_multirun_sweep_one_dir_per_job(tmp_path, tiny_overrides):
+def test_multirun_sweep_one_dir_per_job(tmp_path, tiny_overrides, cli, run_metrics):
     args = ["-m", "sampler=uniform,curriculum", "seed=1,2", "iterations=1", "eval.before=false",
             f"hydra.sweep.dir={tmp_path}/sweep"] + [a for a in tiny_overrides if not a.startswith("iterations=")]
     proc = cli(args)
@@ -100,7 +70,7 @@ def test_multirun_sweep_one_dir_per_job(tmp_path, tiny_overrides):
     runs = {}
     for j in jobs:
         c = yaml.safe_load((j / "reasonzoo_config.yaml").read_text())
-        runs[(c["sampler"]["name"], c["seed"])] = metrics(j)
+        runs[(c["sampler"]["name"], c["seed"])] = run_metrics(j)
     assert set(runs) == {("uniform", 1), ("uniform", 2), ("curriculum", 1), ("curriculum", 2)}
     assert runs[("uniform", 1)] != runs[("uniform", 2)]
     # before its switch iteration the curriculum samples exactly as uniform does (the paper's

@@ -4,12 +4,6 @@ segment carries the policy version that produced it; the token budget is honoure
 first; in-flight responses survive rz_checkpoint_state / rz_load_state; a run with rollout=partial
 completes end to end, and a killed one resumes to the same metrics as an uninterrupted one."""
 import io
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -19,17 +13,6 @@ from reasonzoo.plugins.rollout.partial import Partial, PartialConfig
 from reasonzoo.types import FinishReason, GenerationRequest, Problem, SamplingParams, Segment
 
 
-
-def metrics(run_dir):  # as tests/test_e2e.py: wall-clock measurements left out
-    clock = ("warmup/cached", "warmup/seconds", "response/tokens_per_s", "response/generated_tokens_per_s")
-    recs = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not k.startswith("time/") and k not in clock} for r in recs]
-
-
-def cli(args):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "reasonzoo.train", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
 
 GREEDY = SamplingParams(temperature=0, max_new_tokens=30)
 PROBLEMS = [Problem(uid=f"p{i}", prompt=q, answer="0") for i, q in enumerate(["1+2=", "3*4-5+6=", "7="])]
@@ -125,12 +108,12 @@ def test_state_round_trip_with_in_flight_responses(make_ctx, tiny_policy):
 PARTIAL = ["rollout=partial", "rollout.segment_tokens=8", "rollout.tokens_per_iteration=256"]  # new groups start while others continue
 
 
-def test_partial_run_end_to_end(tmp_path, tiny_overrides):
+def test_partial_run_end_to_end(tmp_path, tiny_overrides, run_metrics):
     from reasonzoo.train import compose
     from reasonzoo.trainer import train
 
     train(compose(tiny_overrides + PARTIAL + ["iterations=4", "eval.every=0", "generation.repeat_detection=true"]), tmp_path)
-    recs = metrics(tmp_path)[1:]
+    recs = run_metrics(tmp_path)[1:]
     assert [r["iteration"] for r in recs] == [1, 2, 3, 4]
     assert all("rollout/tokens" in r and "rollout/buffer_groups" in r for r in recs)
     trained = [r for r in recs if r["response/groups"] > 0]
@@ -140,23 +123,11 @@ def test_partial_run_end_to_end(tmp_path, tiny_overrides):
     assert max(r["rollout/stale_age_max"] for r in recs) >= 1  # some returned group spanned iterations
 
 
-def test_partial_kill_and_resume_matches_uninterrupted(tmp_path, tiny_overrides):
-    args = tiny_overrides + PARTIAL + ["iterations=5", "eval.every=0", "sampler=prioritized"]
-    ref = cli(args + [f"hydra.run.dir={tmp_path}/ref"])
-    out, _ = ref.communicate(timeout=600)
-    assert ref.returncode == 0, out
-    run = tmp_path / "killed"
-    proc = cli(args + [f"hydra.run.dir={run}"])
-    deadline = time.time() + 300
-    while time.time() < deadline:  # kill -9 once iteration 2 is checkpointed
-        if (run / "checkpoints" / "iter_000002" / "state.pt").exists():
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (run / "final").exists(), "the run finished before it was killed"
-    state = torch.load(run / "checkpoints" / "iter_000002" / "state.pt", weights_only=False)
-    assert state["plugins"]["rollout/partial"], "in-flight responses are checkpointed"
-    res = subprocess.run([sys.executable, "-m", "reasonzoo.train", f"resume={run}"], capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert metrics(run) == metrics(tmp_path / "ref")
+def test_partial_kill_and_resume_matches_uninterrupted(tiny_overrides, kill_and_resume, run_metrics):
+    def in_flight_saved(killed):
+        state = torch.load(killed / "checkpoints" / "iter_000002" / "state.pt", weights_only=False)
+        assert state["plugins"]["rollout/partial"], "in-flight responses are checkpointed"
+
+    ref, killed = kill_and_resume(tiny_overrides + PARTIAL + ["iterations=5", "eval.every=0", "sampler=prioritized"],
+                                  before_resume=in_flight_saved)
+    assert run_metrics(killed) == run_metrics(ref)
