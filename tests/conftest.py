@@ -36,6 +36,27 @@ def tiny_policy():
 
 
 @pytest.fixture
+def qwen2_gqa_policy():
+    """A tiny Qwen2 with non-zero q/k/v biases and grouped-query attention (4 query heads, 2 KV
+    heads), so the fast paths' bias and GQA handling are exercised."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from reasonzoo.policy import Policy, build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(cfg)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.2)
+    return Policy(model=model, tokenizer=tok)
+
+
+@pytest.fixture
 def tiny_overrides():
     return list(TINY)
 

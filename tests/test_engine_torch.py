@@ -94,30 +94,12 @@ def test_bad_config():
         TorchEnginePlugin(TorchEngineConfig(max_batch=0))
 
 
-def _qwen2_gqa_policy():
-    """A tiny Qwen2 with q/k/v biases and grouped-query attention (4 query heads, 2 KV heads)."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from reasonzoo.policy import Policy, build_char_tokenizer
-
-    tok = build_char_tokenizer()
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for layer in model.model.layers:  # non-zero biases, so the fused bias path is exercised
-            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
-                proj.bias.normal_(0, 0.2)
-    return Policy(model=model, tokenizer=tok)
-
-
 @pytest.mark.parametrize("arch", ["llama", "qwen2_gqa"])
-def test_fast_path_matches_hf_forward(tiny_policy, arch):
+def test_fast_path_matches_hf_forward(tiny_policy, qwen2_gqa_policy, arch):
     """The lean decoder gives the HF forward's greedy tokens, and its sampled log-probs (with row
     dropping and per-request limits) equal teacher-forced HF log-probs."""
-    policy = tiny_policy if arch == "llama" else _qwen2_gqa_policy()
+    policy = tiny_policy if arch == "llama" else qwen2_gqa_policy
+    policy.model.eval()
     fast = TorchEngine(TorchEngineConfig(compact_at=0.1), policy)
     slow = TorchEngine(TorchEngineConfig(fast=False), policy)
     assert fast.fast is not None and slow.fast is None

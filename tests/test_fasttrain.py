@@ -5,24 +5,6 @@ import pytest
 import torch
 
 from reasonzoo.fasttrain import shared_prefixes, unsupported
-from reasonzoo.policy import Policy, build_char_tokenizer
-
-
-def _qwen2_gqa_policy():
-    """A tiny Qwen2 with non-zero q/k/v biases and grouped-query attention (4 query heads, 2 KV heads)."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    tok = build_char_tokenizer()
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(cfg)
-    with torch.no_grad():
-        for layer in model.model.layers:
-            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
-                proj.bias.normal_(0, 0.2)
-    return Policy(model=model, tokenizer=tok)
 
 
 def _batch(policy, seed=0):
@@ -57,8 +39,8 @@ def _logprobs_and_grads(policy, ids, mask, fast):
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2_gqa"])
 @pytest.mark.parametrize("train_mode", [True, False])
-def test_logprobs_and_gradients_equal_hf(tiny_policy, arch, train_mode):
-    policy = tiny_policy if arch == "llama" else _qwen2_gqa_policy()
+def test_logprobs_and_gradients_equal_hf(tiny_policy, qwen2_gqa_policy, arch, train_mode):
+    policy = tiny_policy if arch == "llama" else qwen2_gqa_policy
     policy.model.train(train_mode)
     assert unsupported(policy.model) is None
     ids, mask = _batch(policy)
