@@ -11,14 +11,18 @@ model. :class:`FastDecoder` runs the same maths as ``LlamaForCausalLM`` / ``Qwen
   1/sqrt(head_dim) attention scale is folded into the q rows;
 - the cos/sin table comes from the model's own rotary module, once per call;
 - a static KV cache per layer, keys ``(B, KV, D, T)`` (transposed: the score ``bmm`` reads rows)
-  and values ``(B, KV, T, D)``, ``T`` = prompt + max_new, allocated once per call and written by
-  slice; left padding is masked by an additive -inf bias on its keys;
+  and values ``(B, KV, T, D)``, allocated once per call; each row has its own write column and
+  position, and an additive key bias (0 on its valid columns, -inf elsewhere);
 - ``F.rms_norm``, ``addmm`` for the residual adds, a fused gate/up projection;
-- identical contexts (the k samples of a prompt) share one prefill, copied into each row's cache;
-- rows that finished (EOS, stop string, own token limit, repeat detection) are dropped from the batch, and the KV
-  cache compacted, once a fraction ``compact_at`` of the live rows is done (compaction copies the
-  cache, so it is batched). Dropping rows changes which random draws the remaining rows get, as
-  any change of batch composition does; the draws stay a function of the seed.
+- continuous batching: at most ``slots`` rows decode together; waiting requests take the rows of
+  finished ones (refilled once a fraction ``compact_at`` of the rows is free); with nothing
+  waiting, finished rows are dropped and the cache compacted at the same threshold (compaction
+  copies the cache, so it is batched). A change of batch composition changes which random draws
+  a row gets; the draws stay a function of the seed;
+- prefill: identical contexts (the k samples of a prompt) share one prefill, and the unique ones
+  are prefilled in buckets of lengths at most 2x apart (padding costs at most 2x);
+- attention per span of rows of similar length (:func:`_spans`): a 15-token prompt decoded beside a
+  500-token continuation does not scan 500 columns.
 
 Weights are read from the module at every call (only the small fused copies are made), so the
 trainer's updates are seen and ``sync_weights`` stays a no-op. :func:`unsupported` names what this
@@ -90,6 +94,36 @@ def _rotated_rows(w: torch.Tensor, heads: int, d: int) -> torch.Tensor:
     return torch.cat([-w[:, 1], w[:, 0]], 1).reshape(heads * d, *w.shape[3:])
 
 
+def _spans(cols: Sequence[int], alive: Sequence[bool], most: int = 4, min_rows: int = 8) -> list[tuple[int, int, int]]:
+    """Split batch rows into at most ``most`` contiguous spans ``(a, b, n)`` of similar cache
+    length: rows ``a..b-1`` attend to their first ``n`` columns (``n`` = the span's largest
+    ``col`` + 1). One attention over the whole batch would cost ``rows x longest``: with a few
+    500-token continuations among 15-token prompts (partial rollouts) that is most of a decode
+    step. A span ends where the next live row's length is over 2x off the span's range (spans of
+    at least ``min_rows``); then the adjacent pair whose merge costs least is merged until
+    ``most`` remain. Finished rows fit any span: their output is never read (the caller opens
+    their column 0 so that it stays finite)."""
+    spans: list[list[int]] = []  # [a, b, lo, hi]: the live rows' range of columns
+    for i, (c, live) in enumerate(zip(cols, alive)):
+        sp = spans[-1] if spans else None
+        if sp is None or live and sp[1] - sp[0] >= min_rows and sp[3] >= sp[2] and (c + 1 > 2 * (sp[2] + 1) or 2 * (c + 1) < sp[3] + 1):
+            spans.append([i, i + 1, c, c] if live else [i, i + 1, 1 << 30, 0])
+        else:
+            sp[1] = i + 1
+            if live:
+                sp[2], sp[3] = min(sp[2], c), max(sp[3], c)
+
+    def cost(sp):
+        return (sp[1] - sp[0]) * (sp[3] + 1)
+
+    while len(spans) > most:
+        j = min(range(len(spans) - 1), key=lambda j: cost([spans[j][0], spans[j + 1][1], 0, max(spans[j][3], spans[j + 1][3])])
+                - cost(spans[j]) - cost(spans[j + 1]))
+        a, b = spans[j], spans.pop(j + 1)
+        a[1], a[2], a[3] = b[1], min(a[2], b[2]), max(a[3], b[3])
+    return [(a, b, hi + 1) for a, b, _, hi in spans]
+
+
 class FastDecoder:
     """Batched KV-cached sampling for one Llama/Qwen2 module (see the module docstring)."""
 
@@ -100,6 +134,9 @@ class FastDecoder:
         self.D = getattr(c, "head_dim", None) or c.hidden_size // self.H
         self.NH = self.H + 2 * self.KV  # q, k, v heads of the fused projection
         self.eps = c.rms_norm_eps
+        #: counters of the last :meth:`generate` call: decode steps, admissions (prefill rounds),
+        #: prefill forwards (buckets), rows decoded (sum over steps of the batch size)
+        self.stats: dict[str, int] = {}
 
     # ---- weights and tables, rebuilt from the live module at every call ----
     def _weights(self):
@@ -157,35 +194,94 @@ class FastDecoder:
             x = x + self._act(x, n2, wgu) @ wd
         return F.linear(F.rms_norm(x[:, -1], (x.shape[-1],), nw, self.eps), head)
 
-    def _decode(self, W, tok, c, s, cache, at, bias):
-        """One token per row: ``tok (B,)`` at cache column ``at``, rope ``c, s (B, NH, D)``,
-        key bias ``(B*KV, 1, >at)``; returns logits ``(B, V)``."""
+    def _decode(self, W, tok, c, s, cache, col, spans, kbias):
+        """One token per row: ``tok (B,)`` written at each row's cache column ``col (B,)``, rope
+        ``c, s (B, NH, D)``; ``kbias (B*KV, 1, T)`` is the additive key mask (0 on a row's valid
+        columns, -inf elsewhere; this token's column is opened here). Attention runs per span
+        ``(a, b, n)`` of rows ``a..b-1`` over their first ``n`` columns (see :func:`_spans`).
+        Returns logits ``(B, V)``."""
         emb, layers, nw, head = W
         B = tok.shape[0]
         H, KV, D = self.H, self.KV, self.D
-        G, n = H // KV, at + 1
-        bias = bias[:, :, :n]
+        G = H // KV
+        rows = torch.arange(B)
+        kbias.view(B, KV, 1, -1)[rows, :, 0, col] = 0.0
         x = F.embedding(tok, emb)  # (B, C)
         for (n1, w, b, wo, bo, n2, wgu, wd), kv in zip(layers, cache):
             h = F.rms_norm(x, (x.shape[-1],), n1, self.eps)
             y = F.linear(h, w, b).view(B, 2, self.NH, D)
             r = torch.addcmul(y[:, 0] * c, y[:, 1], s)  # (B, NH, D)
             kc, vc = kv  # (B, KV, D, T), (B, KV, T, D)
-            kc[:, :, :, at], vc[:, :, at] = r[:, H : H + KV], r[:, H + KV :]
+            kc[rows, :, :, col], vc[rows, :, col] = r[:, H : H + KV], r[:, H + KV :]
             q = r[:, :H].reshape(B * KV, G, D)
-            att = torch.baddbmm(bias, q, kc[:, :, :, :n].flatten(0, 1)).softmax(-1)  # (B*KV, G, n)
-            o = torch.bmm(att, vc[:, :, :n].flatten(0, 1)).view(B, H * D)
+            parts = []
+            for a, b_, n in spans:  # rows of similar length together: a short row does not scan a long row's columns
+                att = torch.baddbmm(kbias[a * KV : b_ * KV, :, :n], q[a * KV : b_ * KV], kc[a:b_, :, :, :n].flatten(0, 1))
+                parts.append(torch.bmm(att.softmax(-1), vc[a:b_, :, :n].flatten(0, 1)))  # (rows*KV, G, D)
+            o = (parts[0] if len(parts) == 1 else torch.cat(parts)).view(B, H * D)
             x = torch.addmm(x, o, wo) if bo is None else torch.addmm(x + bo, o, wo)
             x = torch.addmm(x, self._act(x, n2, wgu), wd)
         return F.linear(F.rms_norm(x, (x.shape[-1],), nw, self.eps), head)
 
     # ---- sampling loop ----
+    def _admit(self, W, contexts, reqs, rows, cos, sin, cache, kbias, pad):
+        """Prefill requests ``reqs`` (indices into ``contexts``) into batch rows ``rows``.
+
+        Identical contexts share one prefill; the unique ones are prefilled in buckets of similar
+        length (at most 2x apart, so padding costs at most 2x), each row's context written
+        left-padded at cache columns ``0..w-1`` of its bucket's width ``w``. Returns the rows'
+        first logits ``(R, V)``, rope positions and next cache columns ``(R,)``.
+        """
+        unique: dict[tuple, int] = {}
+        inv = [unique.setdefault(tuple(contexts[i]), len(unique)) for i in reqs]
+        ctxs = list(unique)
+        order = sorted(range(len(ctxs)), key=lambda j: len(ctxs[j]))
+        buckets: list[list[int]] = []
+        for j in order:
+            if buckets and len(ctxs[j]) <= 2 * len(ctxs[buckets[-1][0]]):
+                buckets[-1].append(j)
+            else:
+                buckets.append([j])
+        R = len(reqs)
+        self.stats["admissions"] += 1
+        self.stats["prefills"] += len(buckets)
+        logits = torch.zeros(R, W[3].shape[0])
+        pos, col = torch.empty(R, dtype=torch.long), torch.empty(R, dtype=torch.long)
+        inv_t = torch.tensor(inv)
+        kb = kbias.view(len(kbias) // self.KV, self.KV, 1, -1)
+        for bucket in buckets:
+            w = len(ctxs[bucket[-1]])
+            ids = torch.full((len(bucket), w), pad, dtype=torch.long)
+            keymask = torch.zeros((len(bucket), w), dtype=torch.bool)
+            for i, j in enumerate(bucket):
+                ids[i, w - len(ctxs[j]):] = torch.tensor(ctxs[j], dtype=torch.long)
+                keymask[i, w - len(ctxs[j]):] = True
+            tmp = [(torch.empty(len(bucket), self.KV, self.D, w), torch.empty(len(bucket), self.KV, w, self.D)) for _ in cache]
+            upos = (keymask.long().cumsum(-1) - 1).clamp(min=0)
+            ulogits = self._prefill(W, ids, upos, keymask, cos, sin, tmp)
+            slot = torch.full((len(ctxs),), -1, dtype=torch.long)
+            slot[torch.tensor(bucket)] = torch.arange(len(bucket))
+            mine = (slot[inv_t] >= 0).nonzero().squeeze(1)  # requests of this bucket
+            src, dst = slot[inv_t[mine]], rows[mine]
+            for (kc, vc), (tk, tv) in zip(cache, tmp):
+                kc[dst, :, :, :w], vc[dst, :, :w] = tk[src], tv[src]
+            kb[dst] = float("-inf")
+            kb[dst, :, 0, :w] = torch.where(keymask[src], 0.0, float("-inf"))[:, None]
+            logits[mine], pos[mine], col[mine] = ulogits[src], upos[src, -1], w - 1
+        return logits, pos, col
+
     @torch.inference_mode()
     def generate(self, contexts: Sequence[Sequence[int]], limits: Sequence[int], params: SamplingParams,
                  gen: torch.Generator, pad: int, eos: int,
                  stop: Callable[[list[int]], bool] | None = None,
-                 prefixes: Sequence[Sequence[int]] | None = None) -> list[tuple[list[int], list[float], FinishReason]]:
+                 prefixes: Sequence[Sequence[int]] | None = None,
+                 slots: int | None = None) -> list[tuple[list[int], list[float], FinishReason]]:
         """Sample continuations of ``contexts`` (at most ``limits[i]`` tokens each).
+
+        Continuous batching: at most ``slots`` rows (default: all) decode together; the others wait,
+        in order, and take the rows of finished ones. Rows are refilled (or, with nothing waiting,
+        the batch compacted) once a fraction ``compact_at`` of them is free. Each row keeps its own
+        cache columns and position, so rows admitted at different steps decode side by side.
 
         :param stop: optional test on a row's tokens so far (stop strings); True ends the row.
         :param prefixes: the response tokens at the end of each context (a continued partial
@@ -193,86 +289,92 @@ class FastDecoder:
         :returns: per row ``(token ids, log-probs, finish reason)``: STOP on EOS or ``stop``,
             REPEAT when ``params.repeat`` fired, LENGTH at the row's limit.
         """
-        b, width = len(contexts), max(len(c) for c in contexts)
-        steps = max(limits)
-        if steps <= 0:
+        b = len(contexts)
+        self.stats = {"decode_steps": 0, "admissions": 0, "prefills": 0, "rows_decoded": 0}
+        limit_all = torch.tensor(list(limits), dtype=torch.long)
+        waiting = [i for i in range(b) if limits[i] > 0]
+        if not waiting:
             return [([], [], FinishReason.LENGTH)] * b
-        tracker = None if params.repeat is None else RepeatTracker(params.repeat, prefixes or [()] * b)
-        repeated = set()
-        unique: dict[tuple, int] = {}  # k samples of a prompt share one prefill
-        inv = torch.tensor([unique.setdefault(tuple(c), len(unique)) for c in contexts])
-        u = len(unique)
-        ids = torch.full((u, width), pad, dtype=torch.long)
-        keymask = torch.zeros((u, width), dtype=torch.bool)
-        for i, c in enumerate(unique):
-            ids[i, width - len(c) :] = torch.tensor(c, dtype=torch.long)
-            keymask[i, width - len(c) :] = True
+        S = min(slots or b, len(waiting))
+        # a row's context sits left-padded to its prefill bucket's width: up to the longest context
+        tcap = max(len(contexts[i]) for i in waiting) + max(limits[i] for i in waiting)
         W = self._weights()
-        n = width + steps
-        cos, sin = self._rope(n)
-        cache = [(torch.empty(u, self.KV, self.D, n), torch.empty(u, self.KV, n, self.D)) for _ in W[1]]
-        pos = (keymask.long().cumsum(-1) - 1).clamp(min=0)
-        logits = self._prefill(W, ids, pos, keymask, cos, sin, cache)
-        if u < b:
-            cache = [(kc[inv], vc[inv]) for kc, vc in cache]
-            logits, keymask, pos = logits[inv], keymask[inv], pos[inv]
-        bias = torch.zeros(b, 1, n)
-        bias[:, 0, :width].masked_fill_(~keymask, float("-inf"))
-        pos = pos[:, -1]
-
-        limit = torch.tensor(list(limits), dtype=torch.long)
-        per_row_limit = bool((limit != steps).any())
-        live = torch.arange(b)  # original index of each row in the batch
-        alive = limit > 0  # rows still generating
-        nout = torch.zeros(b, dtype=torch.long)  # tokens produced per batch row
-        final = torch.zeros(b, dtype=torch.long)  # tokens produced per original row
-        kbias = bias.repeat_interleave(self.KV, 0)  # (b*KV, 1, T)
+        cos, sin = self._rope(tcap)
+        # zeros, not empty: a row reads columns it never wrote (masked, weight 0, but 0 * NaN = NaN)
+        cache = [(torch.zeros(S, self.KV, self.D, tcap), torch.zeros(S, self.KV, tcap, self.D)) for _ in W[1]]
+        kbias = torch.full((S * self.KV, 1, tcap), float("-inf"))
+        tracker = None if params.repeat is None else RepeatTracker(params.repeat, prefixes or [()] * b)
+        repeated, stopped_by = set(), set()
         seqs: list[list[int]] = [[] for _ in range(b)]
-        stopped_by = set()
-        hist = []
-        for t in range(steps):
+
+        orig = torch.tensor(waiting[:S])  # request held by each batch row
+        logits, pos, col = self._admit(W, contexts, waiting[:S], torch.arange(S), cos, sin, cache, kbias, pad)
+        waiting = waiting[S:]
+        alive = torch.ones(S, dtype=torch.bool)
+        nout = torch.zeros(S, dtype=torch.long)  # tokens produced by each row's request
+        limit = limit_all[orig]
+        spans = None  # attention spans, recomputed when the batch changes (admission, compaction)
+        hist = []  # per step: (request of each row, token index, tokens, log-probs, which rows took it)
+        while True:
             tok, lp = sample_next(logits, params, gen)
-            hist.append((live, tok, lp))
+            hist.append((orig.clone(), nout.clone(), tok, lp, alive.clone()))
             nout += alive
             alive &= tok != eos
             going = alive.clone() if tracker is not None else alive  # took this token, did not end on EOS
-            if per_row_limit:
-                alive &= nout < limit
+            alive &= nout < limit
             if stop is not None:
                 toks = tok.tolist()
-                for j, i in enumerate(live.tolist()):
-                    if bool(alive[j]):
-                        seqs[i].append(toks[j])
-                        if stop(seqs[i]):
-                            alive[j] = going[j] = False
-                            stopped_by.add(i)
+                for j in hist[-1][4].nonzero().squeeze(1).tolist():
+                    i = int(orig[j])
+                    seqs[i].append(toks[j])
+                    if bool(alive[j]) and stop(seqs[i]):
+                        alive[j] = going[j] = False
+                        stopped_by.add(i)
             if tracker is not None:  # repeat detection (after EOS / stop strings, before the limit)
                 cand = going.nonzero().squeeze(1)
-                hit = cand[tracker.update(tok[cand], live[cand])]
+                hit = cand[tracker.update(tok[cand], orig[cand])]
                 alive[hit] = False
-                repeated.update(live[hit].tolist())
-            if t == steps - 1:
-                break
+                repeated.update(orig[hit].tolist())
             n_alive = int(alive.sum())
-            if n_alive == 0:
+            if n_alive == 0 and not waiting:
                 break
-            if len(live) - n_alive >= self.compact_at * len(live):  # drop finished rows, compact the cache
+            free = len(alive) - n_alive
+            if not waiting and free >= self.compact_at * len(alive):  # drop finished rows, compact the cache
                 keep = alive.nonzero().squeeze(1)
-                final[live] = nout
-                live, nout, alive, tok, pos, limit = live[keep], nout[keep], alive[keep], tok[keep], pos[keep], limit[keep]
+                orig, nout, alive, tok, pos, col, limit = (x[keep] for x in (orig, nout, alive, tok, pos, col, limit))
                 cache = [(kc[keep], vc[keep]) for kc, vc in cache]
-                kbias = bias[live].repeat_interleave(self.KV, 0)
-            pos = pos + 1
-            logits = self._decode(W, tok, cos[pos], sin[pos], cache, width + t, kbias)
-        final[live] = nout
+                kbias = kbias.view(-1, self.KV, 1, tcap)[keep].view(-1, 1, tcap)
+                spans = None
+            if n_alive:
+                pos, col = pos + alive, col + alive  # finished rows stay put (their writes are never read)
+                if spans is None:
+                    spans = _spans(col.tolist(), alive.tolist())
+                    # finished rows may now scan fewer columns than they wrote: give them column 0 (finite)
+                    kbias.view(-1, self.KV, 1, tcap)[~alive, :, 0, 0] = 0.0
+                else:
+                    spans = [(a, b_, min(n + 1, tcap)) for a, b_, n in spans]
+                logits = self._decode(W, tok, cos[pos], sin[pos], cache, col, spans, kbias)
+                self.stats["decode_steps"] += 1
+                self.stats["rows_decoded"] += len(tok)
+            if waiting and free >= min(len(waiting), self.compact_at * len(alive)):  # refill free rows
+                rows = (~alive).nonzero().squeeze(1)[: len(waiting)]
+                reqs, waiting = waiting[: len(rows)], waiting[len(rows):]
+                new_logits, new_pos, new_col = self._admit(W, contexts, reqs, rows, cos, sin, cache, kbias, pad)
+                if not n_alive:
+                    logits = torch.zeros(len(alive), new_logits.shape[1])
+                logits[rows], pos[rows], col[rows] = new_logits, new_pos, new_col
+                spans = None
+                orig[rows] = torch.tensor(reqs)
+                limit[rows], nout[rows], alive[rows] = limit_all[orig[rows]], 0, True
 
-        toks = torch.full((b, steps), pad, dtype=torch.long)
-        lps = torch.zeros((b, steps))
-        rows = torch.cat([h[0] for h in hist])
-        cols = torch.cat([torch.full((len(h[0]),), t, dtype=torch.long) for t, h in enumerate(hist)])
-        toks.index_put_((rows, cols), torch.cat([h[1] for h in hist]))
-        lps.index_put_((rows, cols), torch.cat([h[2] for h in hist]))
-        n, toks, lps = final.tolist(), toks.tolist(), lps.tolist()
+        width = int(limit_all.max())
+        toks = torch.full((b, width), pad, dtype=torch.long)
+        lps = torch.zeros((b, width))
+        took = torch.cat([h[4] for h in hist])  # the rows that took a token at each step
+        rows_, cols_ = torch.cat([h[0] for h in hist])[took], torch.cat([h[1] for h in hist])[took]
+        toks.index_put_((rows_, cols_), torch.cat([h[2] for h in hist])[took])
+        lps.index_put_((rows_, cols_), torch.cat([h[3] for h in hist])[took])
+        n, toks, lps = torch.bincount(rows_, minlength=b).tolist(), toks.tolist(), lps.tolist()
         out = []
         for i in range(b):
             ids_i = toks[i][: n[i]]

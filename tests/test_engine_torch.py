@@ -100,7 +100,7 @@ def test_fast_path_matches_hf_forward(tiny_policy, qwen2_gqa_policy, arch):
     dropping and per-request limits) equal teacher-forced HF log-probs."""
     policy = tiny_policy if arch == "llama" else qwen2_gqa_policy
     policy.model.eval()
-    fast = TorchEngine(TorchEngineConfig(compact_at=0.1), policy)
+    fast = TorchEngine(TorchEngineConfig(compact_at=0.1, max_batch=5), policy)  # 5 rows: refills too
     slow = TorchEngine(TorchEngineConfig(fast=False), policy)
     assert fast.fast is not None and slow.fast is None
     greedy = SamplingParams(temperature=0, max_new_tokens=24)
@@ -118,6 +118,88 @@ def test_fast_path_matches_hf_forward(tiny_policy, qwen2_gqa_policy, arch):
         with torch.no_grad():
             logits = policy.model(input_ids=seq).logits[0, len(r.prompt_ids) - 1 : -1] / 1.3
         lp = torch.log_softmax(logits, -1).gather(-1, seq[0, len(r.prompt_ids) :, None]).squeeze(-1)
+        torch.testing.assert_close(lp, torch.tensor(out.logprobs), atol=1e-5, rtol=1e-5)
+
+
+def _one_by_one(policy, reqs, params):
+    eng = TorchEngine(TorchEngineConfig(), policy)
+    return [eng.generate([r], params, torch.Generator())[0] for r in reqs]
+
+
+@pytest.mark.parametrize("max_batch", [1, 2, 3])
+def test_continuous_batching_matches_one_by_one(tiny_policy, max_batch):
+    """Rows admitted at different steps, from prefill buckets of different widths, decode side by
+    side: greedy tokens and log-probs equal each request generated on its own."""
+    policy = tiny_policy
+    long_ctx = policy.encode_prompt("1+2*3-4+5*6-7+8*9-1+2*3-4+5=")  # > 2x the short ones: its own prefill bucket
+    reqs = [GenerationRequest(long_ctx, max_new_tokens=7), *(GenerationRequest(r.prompt_ids, max_new_tokens=m)
+            for r, m in zip(_reqs(policy), (3, 12, 1, 5))),
+            GenerationRequest(policy.encode_prompt("7="), prefix_ids=policy.encode_response("12", eos=False), max_new_tokens=4)]
+    params = SamplingParams(temperature=0, max_new_tokens=20)
+    eng = TorchEngine(TorchEngineConfig(max_batch=max_batch), policy)
+    outs = eng.generate(reqs, params, torch.Generator())
+    for a, b in zip(outs, _one_by_one(policy, reqs, params)):
+        assert a.token_ids == b.token_ids and a.finish_reason is b.finish_reason
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=1e-5)
+    assert [len(o.token_ids) for o in outs] == [7, 3, 12, 1, 5, 4]
+    if max_batch < len(reqs):
+        assert eng.fast.stats["admissions"] > 1  # finished rows were refilled
+
+
+def test_continuous_batching_refills_finished_slots(tiny_policy):
+    """One long request and six short ones on two rows: the short ones cycle through the second row
+    while the long one runs, so the call takes the long request's 29 decode steps (a static batch
+    of two would take 29 + 3 more)."""
+    policy = tiny_policy
+    reqs = [GenerationRequest(r.prompt_ids, max_new_tokens=30 if i == 0 else 2) for i, r in enumerate((_reqs(policy) * 2)[:7])]
+    eng = TorchEngine(TorchEngineConfig(max_batch=2), policy)
+    params = SamplingParams(temperature=0, max_new_tokens=30)
+    outs = eng.generate(reqs, params, torch.Generator())
+    assert eng.fast.stats["decode_steps"] == 29
+    assert eng.fast.stats["admissions"] == 6  # the first two rows, then each short request as a row frees
+    assert eng.fast.stats["rows_decoded"] <= 2 * 29
+    assert [o.token_ids for o in outs] == [o.token_ids for o in _one_by_one(policy, reqs, params)]
+
+
+def test_attention_spans_hand_computed():
+    from reasonzoo.fastdecode import _spans
+
+    live = [True] * 20
+    assert _spans([5] * 20, live) == [(0, 20, 6)]
+    # 8 short rows, then 8 long ones: two spans, each scanning only its own rows' columns
+    assert _spans([5] * 8 + [100] * 8, live[:16]) == [(0, 8, 6), (8, 16, 101)]
+    # a span holds >= min_rows rows before it may end; lengths within 2x stay together
+    assert _spans([5] * 4 + [100] * 4, live[:8]) == [(0, 8, 101)]
+    assert _spans([40] * 8 + [70] * 8, live[:16]) == [(0, 16, 71)]
+    # finished rows fit any span and do not widen it
+    assert _spans([5] * 8 + [900] + [5] * 3, live[:8] + [False] + live[:3]) == [(0, 12, 6)]
+    # at most `most` spans: the cheapest adjacent merge first, in rows x columns scanned: spans
+    # 1+2 cost 16*11 - 8*1 - 8*11 = 80 more, 2+3 16*41 - 8*11 - 8*41 = 240, ...: 1+2 merge
+    cols = [0] * 8 + [10] * 8 + [40] * 8 + [200] * 8 + [1000] * 8
+    assert _spans(cols, [True] * 40, most=4) == [(0, 16, 11), (16, 24, 41), (24, 32, 201), (32, 40, 1001)]
+
+
+def test_mixed_lengths_decode_exactly(tiny_policy):
+    """Short prompts beside long continuations in one call (separate prefill buckets and attention
+    spans): greedy tokens equal each request alone, sampled log-probs equal teacher forcing."""
+    policy = tiny_policy
+    short = [GenerationRequest(policy.encode_prompt(p), max_new_tokens=10) for p in PROMPTS * 3]  # 12 rows
+    head = policy.encode_response("3a+4b*2c-2=" * 4, eos=False)  # ~45-token response so far
+    long = [GenerationRequest(policy.encode_prompt(p), prefix_ids=head[: 40 + i], max_new_tokens=10)
+            for i, p in enumerate(PROMPTS * 3)]
+    reqs = short + long  # rows 0-11 short, 12-23 long: two spans
+    greedy = SamplingParams(temperature=0, max_new_tokens=10)
+    eng = TorchEngine(TorchEngineConfig(), policy)
+    outs = eng.generate(reqs, greedy, torch.Generator())
+    assert eng.fast.stats["prefills"] == 3  # buckets: prompts of 3-5 and 7-9 tokens, continuations of 43-55
+    for a, b in zip(outs, _one_by_one(policy, reqs, greedy)):
+        assert a.token_ids == b.token_ids
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=1e-5)
+    outs = eng.generate(reqs, SamplingParams(temperature=1.0, max_new_tokens=10), torch.Generator().manual_seed(0))
+    for r, out in zip(reqs, outs):
+        seq = torch.tensor([list(r.prompt_ids) + list(r.prefix_ids) + list(out.token_ids)])
+        with torch.no_grad():
+            lp = policy.token_logprobs(seq, torch.ones_like(seq))[0, -len(out.token_ids):]
         torch.testing.assert_close(lp, torch.tensor(out.logprobs), atol=1e-5, rtol=1e-5)
 
 

@@ -1,16 +1,18 @@
 """The default rollout engine: batched sampling in plain PyTorch with a KV cache.
 
-All requests of a call are decoded together (left-padded, chunks of ``max_batch``): one prefill,
-then one forward of one token per step for the whole batch, reusing the KV cache. The sampled
-tokens' log-probs under the sampling distribution are recorded.
-
 Two forwards:
 - ``fast: true`` (default) for Llama and Qwen2 models: :class:`reasonzoo.fastdecode.FastDecoder`,
-  the same maths in ~15 ops per layer with a static KV cache; finished rows leave the batch once a
-  fraction ``compact_at`` of the rows is done. About 2x faster than the HF forward on the tiny
-  default model (``benchmarks/step_vs_trl.py``).
+  the same maths in ~15 ops per layer with a static KV cache, and continuous batching: at most
+  ``max_batch`` sequences decode together, a finished one frees its row for the next waiting
+  request (rows are refilled, or dropped when nothing waits, once a fraction ``compact_at`` of
+  them is free); prompts of mixed lengths are prefilled in length buckets and attend per span of
+  similar lengths. ~2.4x HF ``generate`` at batch 64 on the tiny default model
+  (``benchmarks/rollout_throughput.py``).
 - otherwise (other architectures, or ``fast: false``) the Hugging Face module itself, token by
-  token with its cache, as ``generate`` does; a finished row idles until the batch ends.
+  token with its cache, as ``generate`` does, in static chunks of ``max_batch`` (no continuous
+  batching: a finished row idles until its chunk ends).
+
+The sampled tokens' log-probs under the sampling distribution are recorded.
 
 Both apply repeat detection (``SamplingParams.repeat``, :mod:`reasonzoo.repeats`) after every
 token, over the request's ``prefix_ids`` plus the new tokens: a looping row ends with
@@ -39,9 +41,9 @@ log = logging.getLogger("reasonzoo")
 
 @dataclass
 class TorchEngineConfig:
-    max_batch: int = 256  #: sequences decoded together; larger requests are chunked
+    max_batch: int = 256  #: rows decoded together (fast path: continuous batching; HF path: chunks)
     fast: bool = True  #: lean decode path for Llama/Qwen2 (reasonzoo.fastdecode); false = HF forward
-    compact_at: float = 0.25  #: fast path: drop finished rows once this fraction of the batch is done
+    compact_at: float = 0.25  #: fast path: refill (or drop) finished rows once this fraction of the batch is free
 
 
 class TorchEngine:
@@ -61,10 +63,11 @@ class TorchEngine:
         """Nothing to do: the engine runs the trainer's module itself."""
 
     def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams, generator: torch.Generator) -> list[Generation]:
+        if self.fast is not None:  # continuous batching over max_batch rows
+            return self._generate_fast(requests, params, generator)
         out: list[Generation] = []
-        run = self._generate if self.fast is None else self._generate_fast
         for s in range(0, len(requests), self.cfg.max_batch):
-            out += run(requests[s : s + self.cfg.max_batch], params, generator)
+            out += self._generate(requests[s : s + self.cfg.max_batch], params, generator)
         return out
 
     def _generate_fast(self, reqs, params, gen) -> list[Generation]:
@@ -73,7 +76,8 @@ class TorchEngine:
             stop = lambda ids: any(self.policy.decode(ids).endswith(x) for x in params.stop_strings)  # noqa: E731
         rows = self.fast.generate([tuple(r.prompt_ids) + tuple(r.prefix_ids) for r in reqs],
                                   [r.max_new_tokens or params.max_new_tokens for r in reqs], params, gen,
-                                  self.policy.pad_token_id, self.policy.eos_token_id, stop, [r.prefix_ids for r in reqs])
+                                  self.policy.pad_token_id, self.policy.eos_token_id, stop, [r.prefix_ids for r in reqs],
+                                  slots=self.cfg.max_batch)
         return [Generation(tuple(ids), tuple(lps), reason) for ids, lps, reason in rows]
 
     @torch.inference_mode()
