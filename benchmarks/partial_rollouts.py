@@ -110,6 +110,7 @@ def main() -> None:
     ap.add_argument("--max-new", type=int, default=512)
     ap.add_argument("--tail", type=float, default=0.1, help="fraction of problems with near-maximum responses")
     ap.add_argument("--segment", type=int, default=64, help="rollout.segment_tokens of the partial scheduler")
+    ap.add_argument("--length-ratio", type=float, default=PartialConfig.length_ratio, help="rollout.length_ratio of the partial scheduler")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "partial_rollouts.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -118,7 +119,7 @@ def main() -> None:
                              tok.eos_token_id, seed=0)
     policy = Policy(model=model.eval(), tokenizer=tok)
     rows = [run("sync", Sync(None), policy, args),
-            run("partial", Partial(PartialConfig(segment_tokens=args.segment)), policy, args)]
+            run("partial", Partial(PartialConfig(segment_tokens=args.segment, length_ratio=args.length_ratio)), policy, args)]
     ratio = rows[1]["useful_tokens_per_s"] / rows[0]["useful_tokens_per_s"]
     steady = rows[1]["steady_useful_tokens_per_s"] / rows[0]["steady_useful_tokens_per_s"]
     print(f"{'scheduler':10} {'useful tok/s':>12} {'steady tok/s':>12} {'s/iter':>8} {'max s/iter':>10} {'age mean':>8} {'age max':>7}")

@@ -6,11 +6,12 @@ Each iteration, in this order:
 1. *Continue* saved responses, oldest group first: ``GenerationRequest(prompt_ids,
    prefix_ids=tokens so far, max_new_tokens=min(segment_tokens, tokens left))``.
 2. *Start* the sampled problems, k responses each, in the sampler's order.
-3. The engine runs them in a few calls of similar context length (prompt + prefix): sorted by
-   length, a call takes requests up to ``length_ratio`` x its shortest context. A batched engine
-   pads every context to the longest of its call, so one call mixing 15-token prompts with
-   500-token continuations costs several times the two calls apart (measured: 5.2 s vs 1.4 s on
-   the torch engine). ``length_ratio: 0`` = a single call.
+3. The engine runs them in one call (``length_ratio: 0``, default): the torch engine's fast path
+   prefills contexts in buckets of similar length and lets each row attend only to its span of
+   similar lengths, so 15-token prompts beside 500-token continuations cost no padding.
+   ``length_ratio: r > 0`` instead makes one engine call per group of contexts (prompt + prefix)
+   at most ``r`` x apart: for engines that pad every context of a call to the longest (the torch
+   engine's HF-forward path); each call then costs its own decode loop.
 
 Budget: each scheduled request *reserves* ``min(segment_tokens, max_new_tokens - its length)``
 tokens, and requests are scheduled (whole groups, continuations first) while the reservations fit
@@ -45,7 +46,7 @@ KEY = "rollout/partial"
 class PartialConfig:
     segment_tokens: int = 16  #: most new tokens one response gets per iteration
     tokens_per_iteration: int = 0  #: token budget of an iteration (reserved per request); 0 = prompts * k * segment_tokens
-    length_ratio: float = 2.0  #: contexts in one engine call differ at most this factor in length; 0 = one call
+    length_ratio: float = 0.0  #: 0 = one engine call; r > 0: one call per group of contexts at most r x apart in length
 
 
 @dataclass
