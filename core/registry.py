@@ -55,6 +55,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "reasonzoo.plugins.task.synth_code",
     "reasonzoo.plugins.model.hf",
     "reasonzoo.plugins.engine.torch",
+    "reasonzoo.plugins.engine.vllm",
     "reasonzoo.plugins.warmup.sft",
     "reasonzoo.plugins.warmup.none",
     "reasonzoo.plugins.sampler.uniform",
