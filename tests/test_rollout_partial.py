@@ -26,17 +26,22 @@ def _run(plugin, ctx, eng, problems, k=2, sampling=GREEDY):
     return out, metrics
 
 
-def test_continued_equals_uninterrupted_with_versions(make_ctx, tiny_policy):
+@pytest.mark.parametrize("length_ratio", [0, 1.2])  # one engine call; one call per length group (5 vs 9-token prompts)
+def test_continued_equals_uninterrupted_with_versions(make_ctx, tiny_policy, length_ratio):
     ctx = make_ctx(policy=tiny_policy)
     eng = TorchEngine(TorchEngineConfig(), tiny_policy)
     ref = eng.generate([GenerationRequest(tiny_policy.encode_prompt(p.prompt)) for p in PROBLEMS[:2]], GREEDY, torch.Generator())
-    part = Partial(PartialConfig(segment_tokens=7))
+    calls = []
+    generate = eng.generate
+    eng.generate = lambda reqs, *a: calls.append(len(reqs)) or generate(reqs, *a)
+    part = Partial(PartialConfig(segment_tokens=7, length_ratio=length_ratio))
     got, m = [], []
     for it in range(5):  # 7 + 7 + 7 + 7 + 2 = 30 tokens
         groups, mi = _run(part, ctx, eng, PROBLEMS[:2] if it == 0 else [])
         got += groups
         m.append(mi)
     assert [m_["rollout/groups_returned"] for m_ in m] == [0, 0, 0, 0, 2]
+    assert calls[:4] == ([4] * 4 if length_ratio == 0 else [2] * 4)  # requests per engine call, iterations 1-2
     assert [m_["rollout/tokens"] for m_ in m] == [28, 28, 28, 28, 8]
     assert m[0]["rollout/frac_carried"] == 1.0 and m[4]["rollout/frac_length"] == 1.0
     assert m[3]["rollout/buffer_groups"] == 2 and m[4]["rollout/buffer_groups"] == 0
