@@ -243,16 +243,19 @@ def test_missing_vllm_is_a_clear_error(monkeypatch, policy, tmp_path):
 
 def test_end_to_end_training_run(engine, policy, tmp_path, tiny_overrides, run_metrics):
     """reasonzoo-train with engine=vllm: rollouts and evaluations come from vLLM, weights are
-    pushed after every update (rz_build_engine ... rz_run_end), and the run completes."""
+    pushed after every update (rz_build_engine ... rz_run_end), the run completes, and a second
+    run with the same seed gives the same metrics."""
     from reasonzoo.train import compose
     from reasonzoo.trainer import train
 
     cfg = compose(tiny_overrides + ["engine=vllm", "model.tiny.num_heads=2", "iterations=2", "eval.every=0"])
-    summary = train(cfg, tmp_path)
-    recs = run_metrics(tmp_path)
+    summary = train(cfg, tmp_path / "a")
+    recs = run_metrics(tmp_path / "a")
     assert [r["iteration"] for r in recs] == [0, 1, 2]
     for r in recs[1:]:
         assert r["response/tokens"] > 0 and "loss/k15" in r
     assert recs[-1]["policy_version"] == 2 and "eval/accuracy" in summary["final_eval"]
+    train(cfg, tmp_path / "b")
+    assert run_metrics(tmp_path / "b") == recs
     # the run's engine closed at rz_run_end; the module's engine still serves (teardown deferred)
     assert engine.generate(_reqs(policy)[:1], GREEDY, torch.Generator())[0].token_ids
