@@ -321,7 +321,6 @@ class FastDecoder:
             nout += alive
             alive &= tok != eos
             going = alive.clone() if tracker is not None else alive  # took this token, did not end on EOS
-            alive &= nout < limit
             if stop is not None:
                 toks = tok.tolist()
                 for j in hist[-1][4].nonzero().squeeze(1).tolist():
@@ -335,6 +334,7 @@ class FastDecoder:
                 hit = cand[tracker.update(tok[cand], orig[cand])]
                 alive[hit] = False
                 repeated.update(orig[hit].tolist())
+            alive &= nout < limit  # last: a stop or repeat on the row's final token still counts
             n_alive = int(alive.sum())
             if n_alive == 0 and not waiting:
                 break

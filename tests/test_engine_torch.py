@@ -65,6 +65,21 @@ def test_stop_strings_and_per_request_limit(tiny_policy):
     assert len(outs[0].token_ids) <= 3
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_stop_string_on_the_last_allowed_token_is_stop(tiny_policy, fast):
+    """Precedence EOS / stop string > repeat > length also on the token that reaches the limit."""
+    policy = tiny_policy
+    eng = TorchEngine(TorchEngineConfig(fast=fast), policy)
+    req = _reqs(policy)[:1]
+    free = eng.generate(req, SamplingParams(temperature=1.5, max_new_tokens=30), torch.Generator().manual_seed(1))[0]
+    text = [policy.decode([t]) for t in free.token_ids]
+    p = next(i for i in range(1, len(text)) if text[i] and text[i] not in "".join(text[:i]))  # first new character
+    limited = [GenerationRequest(req[0].prompt_ids, max_new_tokens=p + 1)]
+    out = eng.generate(limited, SamplingParams(temperature=1.5, max_new_tokens=30, stop_strings=(text[p],)),
+                       torch.Generator().manual_seed(1))[0]  # same draws: the stop string completes on token p+1 = the limit
+    assert out.token_ids == free.token_ids[: p + 1] and out.finish_reason is FinishReason.STOP
+
+
 def test_prefix_continuation(tiny_policy):
     """A request with prefix_ids continues a response: greedy continuation = the tail of one run."""
     policy = tiny_policy
