@@ -37,6 +37,9 @@ def test_jsonl_errors_name_file_and_line(tmp_path):
     f.write_text(json.dumps({"prompt": "1+1", "answer": 2}) + "\n" + '{"problem": "x", "answer": "y", "difficulty": "hard"}\n')
     with pytest.raises(ValueError, match=r"probs.jsonl:2: 'difficulty' must be an integer"):
         read_problems(f)
+    f.write_text('{"prompt": "a", "answer": "b", "difficulty": true}\n')  # a bool is no difficulty
+    with pytest.raises(ValueError, match=r"probs.jsonl:1: 'difficulty' must be an integer, got True"):
+        read_problems(f)
     f.write_text('{"prompt": "a", "answer": "b"}\n{oops\n')
     with pytest.raises(ValueError, match=r"probs.jsonl:2: not valid JSON"):
         read_problems(f)

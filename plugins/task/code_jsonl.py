@@ -15,13 +15,12 @@ given, a seeded ``eval_fraction`` of the train file is held out.
 """
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from reasonzoo import hookimpl, plugin
-from reasonzoo.jsonl import iter_objects
+from reasonzoo.jsonl import difficulty_and_id, held_out_split, iter_objects
 from reasonzoo.types import Problem
 
 KNOWN = ("statement", "prompt", "tests", "solutions", "difficulty", "id")
@@ -61,15 +60,9 @@ def read_code_problems(path: str | Path, template: str = "{statement}") -> list[
         sols = obj.get("solutions", [])
         if not isinstance(sols, list) or not all(isinstance(s, str) and s.strip() for s in sols):
             raise ValueError(f"{where}: 'solutions' must be a list of non-empty strings (reference programs)")
-        diff = obj.get("difficulty")
-        if diff is not None and (isinstance(diff, bool) or not isinstance(diff, int)):
-            raise ValueError(f"{where}: 'difficulty' must be an integer, got {diff!r}")
+        diff, uid = difficulty_and_id(obj, where, f"{path.name}:{lineno}", seen)
         if "language" in obj and not isinstance(obj["language"], str):
             raise ValueError(f"{where}: 'language' must be a string, got {obj['language']!r}")
-        uid = str(obj.get("id", f"{path.name}:{lineno}"))
-        if uid in seen:
-            raise ValueError(f"{where}: duplicate id {uid!r}")
-        seen.add(uid)
         meta = {k: v for k, v in obj.items() if k not in KNOWN}
         meta["tests"] = tests
         out.append(Problem(uid=uid, prompt=template.format(statement=text), answer=sols[0] if sols else "",
@@ -100,10 +93,7 @@ class CodeJsonl:
         probs = read_code_problems(self.cfg.train_path, self.cfg.prompt_template)
         if self.cfg.eval_path:
             return probs if split == "train" else read_code_problems(self.cfg.eval_path, self.cfg.prompt_template)
-        order = list(range(len(probs)))
-        random.Random(f"code_jsonl-{ctx.seed}").shuffle(order)
-        held = set(order[: max(1, int(len(probs) * self.cfg.eval_fraction))])
-        out = [p for i, p in enumerate(probs) if (i in held) == (split == "eval")]
+        out = held_out_split(probs, split, self.cfg.eval_fraction, f"code_jsonl-{ctx.seed}")
         if not out:
             raise ValueError(f"task.train_path={self.cfg.train_path!r}: {len(probs)} problem(s) leave none for "
                              f"the {split} split at eval_fraction={self.cfg.eval_fraction}; add problems or set task.eval_path")

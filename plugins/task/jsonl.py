@@ -6,13 +6,12 @@ train file is held out.
 """
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from reasonzoo import hookimpl, plugin
-from reasonzoo.jsonl import iter_objects
+from reasonzoo.jsonl import difficulty_and_id, held_out_split, iter_objects
 from reasonzoo.types import Problem
 
 
@@ -34,13 +33,7 @@ def read_problems(path: str | Path, template: str = "{prompt}") -> list[Problem]
             raise ValueError(f"{where}: needs a non-empty string 'prompt' or 'problem'")
         if "answer" not in obj:
             raise ValueError(f"{where}: needs an 'answer'")
-        diff = obj.get("difficulty")
-        if diff is not None and not isinstance(diff, int):
-            raise ValueError(f"{where}: 'difficulty' must be an integer, got {diff!r}")
-        uid = str(obj.get("id", f"{path.name}:{lineno}"))
-        if uid in seen:
-            raise ValueError(f"{where}: duplicate id {uid!r}")
-        seen.add(uid)
+        diff, uid = difficulty_and_id(obj, where, f"{path.name}:{lineno}", seen)
         prompt = template.format(prompt=text)
         out.append(Problem(uid=uid, prompt=prompt, answer=str(obj["answer"]), difficulty=diff,
                            meta={k: v for k, v in obj.items() if k not in ("prompt", "problem", "answer", "difficulty", "id")}))
@@ -63,8 +56,4 @@ class Jsonl:
         probs = read_problems(self.cfg.train_path, self.cfg.prompt_template)
         if self.cfg.eval_path:
             return probs if split == "train" else read_problems(self.cfg.eval_path, self.cfg.prompt_template)
-        order = list(range(len(probs)))
-        random.Random(f"jsonl-{ctx.seed}").shuffle(order)
-        n_eval = max(1, int(len(probs) * self.cfg.eval_fraction))
-        held = set(order[:n_eval])
-        return [p for i, p in enumerate(probs) if (i in held) == (split == "eval")]
+        return held_out_split(probs, split, self.cfg.eval_fraction, f"jsonl-{ctx.seed}")
