@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import json
 import os
 import platform
@@ -34,6 +35,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -101,14 +103,14 @@ def main() -> None:
     torch.set_num_threads(1)
     params = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=args.max_new)
     task = ModArith(ModArithConfig())
-    prompts = [p.prompt for p in task._split(0, "train")]
+    prompts = [p.prompt for p in task.rz_load_problems(ctx=SimpleNamespace(seed=0), split="train")]
     vllm_note = None
     if args.no_vllm:
         vllm_note = "left out (--no-vllm)"
     else:
         try:
             from reasonzoo.plugins.engine.vllm import VllmEngine, VllmEngineConfig
-            import vllm  # noqa: F401
+            importlib.import_module("vllm")  # importable, not only present: a broken install fails here
         except ImportError as e:
             vllm_note = f"not installed ({e.__class__.__name__}: {e}); pip install -e '.[vllm]'"
     rows = []
