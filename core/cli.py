@@ -3,6 +3,7 @@
     reasonzoo plugins            every plugin: hook point, name, hooks, package and version
     reasonzoo hooks              the hook points, exclusive or additive, in call order
     reasonzoo config [k=v ...]   the composed config that ``reasonzoo-train k=v ...`` would run
+    reasonzoo eval PATH [k=v ...] pass@k, mean@n, maj@n of a run, checkpoint or model folder
 """
 from __future__ import annotations
 
@@ -49,12 +50,18 @@ def _config(overrides: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["eval"]:  # its own parser: a path, Hydra overrides and options (reasonzoo.evalcmd)
+        from .evalcmd import main as eval_main
+
+        return eval_main(argv[1:])
     p = argparse.ArgumentParser(prog="reasonzoo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("plugins", help="list every registered plugin")
     sub.add_parser("hooks", help="list the hook points")
     c = sub.add_parser("config", help="print the composed config")
     c.add_argument("overrides", nargs="*", help="Hydra overrides, as for reasonzoo-train")
+    sub.add_parser("eval", help="evaluate a run, checkpoint or model folder (reasonzoo eval -h)")
     args = p.parse_args(argv)
     from .registry import PluginError
 

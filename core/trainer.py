@@ -29,6 +29,8 @@ from tqdm.auto import tqdm
 from .checkpoint import atomic_write_text, latest_checkpoint, load_into, load_state, save_checkpoint
 from .config import RunConfig, validate
 from .context import RunContext
+from .evaluation import EvalSettings, eval_split, training_metrics
+from .evaluation import evaluate as run_eval
 from .registry import build_plugins, make_manager
 from .types import (FinishReason, Generation, GenerationRequest, Problem, Rollout, RolloutGroup, SamplingParams, Segment,
                     TrainBatch)
@@ -77,30 +79,12 @@ def _merge(dicts: Sequence[dict | None], what: str) -> dict:
 
 
 def evaluate(ctx: RunContext, problems: Sequence[Problem], cfg: RunConfig) -> dict[str, float]:
-    """Pass@1 on held-out problems (one sample each at ``eval.temperature``), overall and per
-    difficulty, with mean response length per difficulty."""
-    policy, engine = ctx.policy, ctx.engine
-    params = SamplingParams(temperature=cfg.eval.temperature, max_new_tokens=cfg.generation.max_new_tokens)
-    gen = ctx.generator("eval")
-    groups: list[RolloutGroup] = []
-    policy.model.eval()
-    for start in range(0, len(problems), cfg.eval.batch_size):
-        chunk = problems[start : start + cfg.eval.batch_size]
-        reqs = [GenerationRequest(policy.encode_prompt(p.prompt)) for p in chunk]
-        outs = engine.generate(reqs, params, gen)
-        groups += [RolloutGroup(p, (make_rollout(ctx, p, q.prompt_ids, o),)) for p, q, o in zip(chunk, reqs, outs)]
-    rewards = ctx.hook.rz_reward(ctx=ctx, groups=groups)
-    by_d: dict[Any, list[tuple[bool, int]]] = defaultdict(list)
-    for g, rw in zip(groups, rewards):
-        by_d[g.problem.difficulty].append((rw[0].correct, g.rollouts[0].length))
-    out: dict[str, float] = {}
-    allc = [c for v in by_d.values() for c, _ in v]
-    out["eval/accuracy"] = sum(allc) / len(allc)
-    out["eval/mean_length"] = sum(n for v in by_d.values() for _, n in v) / len(allc)
-    for d, v in sorted(by_d.items(), key=lambda kv: (kv[0] is None, kv[0])):
-        out[f"eval/accuracy/d{d}"] = sum(c for c, _ in v) / len(v)
-        out[f"eval/mean_length/d{d}"] = sum(n for _, n in v) / len(v)
-    return out
+    """Held-out evaluation during training (:mod:`reasonzoo.evaluation`): one sample per problem
+    at ``eval.temperature``; accuracy (pass@1), mean response length and truncated share, overall
+    and per difficulty."""
+    settings = EvalSettings(n=1, temperature=cfg.eval.temperature, max_new_tokens=cfg.generation.max_new_tokens,
+                            batch_size=cfg.eval.batch_size)
+    return training_metrics(run_eval(ctx, problems, settings))
 
 
 def make_rollout(ctx: RunContext, problem: Problem, prompt_ids: Sequence[int], gen: Generation) -> Rollout:
@@ -111,17 +95,6 @@ def make_rollout(ctx: RunContext, problem: Problem, prompt_ids: Sequence[int], g
         finish_reason=gen.finish_reason, segments=(Segment(0, len(ids), ctx.policy_version),),
         text=ctx.policy.decode(ids),
     )
-
-
-def eval_split(problems: Sequence[Problem], per_difficulty: int) -> list[Problem]:
-    """The first ``per_difficulty`` problems of each difficulty level."""
-    seen: dict[Any, int] = defaultdict(int)
-    out = []
-    for p in problems:
-        if seen[p.difficulty] < per_difficulty:
-            seen[p.difficulty] += 1
-            out.append(p)
-    return out
 
 
 def rollout_metrics(groups: Sequence[RolloutGroup]) -> dict[str, float]:

@@ -1,0 +1,129 @@
+"""reasonzoo.evaluation and ``reasonzoo eval``: pass@k against hand-computed values and a brute
+force over subsets, maj@n voting, per-difficulty aggregation, and the command on a trained run."""
+import itertools
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from reasonzoo.evaluation import ProblemResult, aggregate, by_difficulty, majority_correct, markdown_table, pass_at_k, report
+
+
+def brute_pass_at_k(n, c, k):
+    """Share of k-subsets of n samples (c correct) that hold a correct one."""
+    samples = [True] * c + [False] * (n - c)
+    subsets = list(itertools.combinations(range(n), k))
+    return sum(any(samples[i] for i in s) for s in subsets) / len(subsets)
+
+
+def test_pass_at_k_hand_values():
+    assert pass_at_k(5, 2, 2) == pytest.approx(1 - 3 / 10)  # 1 - C(3,2)/C(5,2)
+    assert pass_at_k(10, 1, 1) == pytest.approx(0.1)
+    assert pass_at_k(10, 0, 5) == 0.0
+    assert pass_at_k(4, 2, 3) == 1.0  # n - c < k: every 3-subset holds a correct one
+    assert pass_at_k(8, 3, 4) == pytest.approx(1 - math.comb(5, 4) / math.comb(8, 4))
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 8])
+def test_pass_at_k_equals_brute_force(n):
+    for c in range(n + 1):
+        for k in range(1, n + 1):
+            assert pass_at_k(n, c, k) == pytest.approx(brute_pass_at_k(n, c, k)), (n, c, k)
+
+
+@pytest.mark.parametrize("n,c,k", [(3, 4, 1), (3, -1, 1), (3, 1, 0), (3, 1, 4)])
+def test_pass_at_k_rejects_bad_arguments(n, c, k):
+    with pytest.raises(ValueError, match="pass@k"):
+        pass_at_k(n, c, k)
+
+
+def test_majority_vote():
+    # "7" wins 2:1; it is wrong
+    assert majority_correct(["7", "5", "7"], [False, True, False]) is False
+    # tie 1:1 goes to the first seen answer; None does not vote
+    assert majority_correct([None, "5", "7", None], [False, True, False, False]) is True
+    assert majority_correct([None, None], [False, False]) is False
+
+
+def _res(uid, d, correct, lengths=None, trunc=None, answers=None):
+    n = len(correct)
+    return ProblemResult(uid, d, tuple(correct), tuple(lengths or [10] * n), tuple(trunc or [False] * n),
+                         tuple(answers or ["a" if ok else "b" for ok in correct]))
+
+
+def test_aggregate_by_difficulty():
+    rs = [_res("p1", 2, [1, 0, 0, 0], lengths=[4, 8, 8, 8], trunc=[0, 0, 0, 1]),
+          _res("p2", 2, [1, 1, 1, 0]),
+          _res("p3", 5, [0, 0, 0, 0], answers=[None] * 4)]
+    a = aggregate(rs, ks=(1, 2, 4, 9))
+    assert a["pass@1"] == pytest.approx((0.25 + 0.75 + 0) / 3)
+    assert a["pass@2"] == pytest.approx((pass_at_k(4, 1, 2) + pass_at_k(4, 3, 2)) / 3)
+    assert a["pass@4"] == pytest.approx(2 / 3) and "pass@9" not in a  # k > n is left out
+    assert a["mean@4"] == pytest.approx(a["pass@1"])
+    assert a["maj@4"] == pytest.approx(1 / 3)  # p1: "b" wins (wrong); p2: "a" wins; p3: no answer
+    assert a["mean_length"] == pytest.approx((28 + 40 + 40) / 12)
+    assert a["truncated"] == pytest.approx(1 / 12)
+    groups = by_difficulty(rs)
+    assert list(groups) == [2, 5]
+    rep = report(rs, (1, 4))
+    assert rep["by_difficulty"]["2"]["pass@4"] == 1.0 and rep["by_difficulty"]["5"]["problems"] == 1
+    table = markdown_table(rep, "sampled")
+    assert "| all | 3 |" in table and "pass@4" in table
+
+
+def test_aggregate_refuses_mixed_sample_counts():
+    with pytest.raises(ValueError, match="different sample counts"):
+        aggregate([_res("a", 1, [1]), _res("b", 1, [1, 0])])
+
+
+def test_eval_command_on_a_trained_run(tmp_path, tiny_overrides):
+    """`reasonzoo eval <run>`: the run's task, reward and held-out problems; greedy and sampled
+    modes; JSON, markdown and per-sample files; sampled pass@1 at n=1 is the training-time
+    evaluation of the same model (same engine, problems and reward)."""
+    from reasonzoo.train import compose
+    from reasonzoo.trainer import train
+
+    run = tmp_path / "run"
+    summary = train(compose(tiny_overrides + ["iterations=1"]), run)
+    out = tmp_path / "ev"
+    res = subprocess.run([sys.executable, "-m", "reasonzoo.cli", "eval", str(run), "--n", "4", "--k", "1,2,4",
+                          "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    data = json.loads((out / "eval.json").read_text())
+    assert data["model"].endswith("final") and data["task"]["name"] == "modarith"
+    assert set(data["modes"]) == {"greedy", "sampled"}
+    s = data["modes"]["sampled"]["all"]
+    assert {"pass@1", "pass@2", "pass@4", "mean@4", "maj@4", "mean_length", "truncated"} <= set(s)
+    assert s["pass@1"] <= s["pass@2"] <= s["pass@4"]
+    assert s["problems"] == 16  # eval.problems_per_difficulty=8, difficulties 2 and 3
+    lines = [json.loads(l) for l in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(lines) == 16 * (1 + 4)
+    assert sum(l["correct"] for l in lines if l["mode"] == "sampled") / 64 == pytest.approx(s["mean@4"])
+    assert "| all | 16 |" in (out / "eval.md").read_text() and "pass@4" in res.stdout
+    # an existing non-empty --out is refused before any work, with one line
+    again = subprocess.run([sys.executable, "-m", "reasonzoo.cli", "eval", str(run), "--out", str(out)],
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "not empty" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_eval_matches_training_time_evaluation(tmp_path, tiny_overrides):
+    """The module the trainer evaluates with gives the same accuracy when called by `run`
+    with the run's own config (n=1, eval.temperature, same stream name)."""
+    from reasonzoo.evalcmd import run as eval_run
+    from reasonzoo.train import compose
+    from reasonzoo.trainer import train
+
+    run = tmp_path / "run"
+    summary = train(compose(tiny_overrides + ["iterations=1", "eval.temperature=0"]), run)
+    data = eval_run(run, n=1, ks=(1,), sampled=False, out=tmp_path / "ev", quiet=True)
+    greedy = data["modes"]["greedy"]["all"]
+    assert greedy["pass@1"] == pytest.approx(summary["final_eval"]["eval/accuracy"])
+    assert greedy["mean_length"] == pytest.approx(summary["final_eval"]["eval/mean_length"])
+
+
+def test_eval_bad_path_is_one_line(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "reasonzoo.cli", "eval", str(tmp_path / "nope")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "nope" in res.stderr
