@@ -63,7 +63,7 @@ def test_short_responses_return_at_once_with_repeat(make_ctx, tiny_policy):
 
     ctx = make_ctx(policy=tiny_policy)
     eng = TorchEngine(TorchEngineConfig(), tiny_policy)
-    params = SamplingParams(temperature=0, max_new_tokens=100, repeat=RepeatRule())
+    params = SamplingParams(temperature=0, max_new_tokens=100, repeat=RepeatRule(min_run=32))  # one token 32x: inside a segment
     groups, m = _run(Partial(PartialConfig(segment_tokens=40)), ctx, eng, PROBLEMS[:2], sampling=params)
     assert len(groups) == 2 and m["rollout/frac_repeat"] == 1.0 and m["rollout/stale_age_max"] == 0
     assert all(r.finish_reason is FinishReason.REPEAT and r.segments == (Segment(0, r.length, 0),)
