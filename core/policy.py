@@ -1,5 +1,5 @@
 """The policy: a Hugging Face causal LM plus its tokenizer, and the log-prob computation every
-loss uses. Also builds the tiny default model and a character tokenizer locally (nothing is
+loss uses. Also builds the tiny default model and a byte-level tokenizer locally (nothing is
 downloaded), saved with ``save_pretrained`` so they reload like any HF model.
 """
 from __future__ import annotations
@@ -7,27 +7,61 @@ from __future__ import annotations
 import string
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast
 
+from .types import Problem
+
 SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}
+CHAT_TEMPLATE = ("auto", "none")  #: model.chat_template values
+OVERLONG = ("error", "drop")  #: model.overlong values
 
 
-def build_char_tokenizer() -> PreTrainedTokenizerFast:
-    """A character-level tokenizer over printable ASCII and newline, with BOS added to every
-    encoded text. Built locally with the ``tokenizers`` library."""
+def byte_to_unicode() -> dict[int, str]:
+    """The byte → printable character map of byte-level BPE (GPT-2, Radford et al. 2019, §2.2;
+    the alphabet of ``tokenizers.pre_tokenizers.ByteLevel``): printable Latin-1 bytes map to
+    themselves, the other 68 (controls, space, 0x7f-0xa0, 0xad) to U+0100 onwards in byte order."""
+    keep = {*range(33, 127), *range(161, 173), *range(174, 256)}
+    out, n = {}, 0
+    for b in range(256):
+        if b in keep:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(256 + n)
+            n += 1
+    return out
+
+
+def build_byte_tokenizer() -> PreTrainedTokenizerFast:
+    """The tiny default model's tokenizer: one token per UTF-8 byte, so any Unicode text
+    round-trips exactly (``decode(encode(s)) == s``: newlines, tabs, ``£``, ``×``, emoji).
+
+    Vocabulary (260 ids): ``<pad> <s> </s> <unk>`` (0-3), then printable ASCII and newline in
+    ``string.printable`` order (4-99: one token per character, the ids the earlier character
+    tokenizer gave them, so ASCII prompts keep their lengths), then the other 160 bytes in byte
+    order. Built locally with the ``tokenizers`` library (ByteLevel pre-tokenizer without its
+    regex split, one word per byte, ByteLevel decoder); BOS is added to every encoded text.
+    Special-token strings in the text (a literal ``"<s>"``) are encoded as plain bytes
+    (``split_special_tokens``), so they round-trip too; ``<unk>`` is never produced.
+    """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
-    chars = [c for c in string.printable if c not in "\t\r\x0b\x0c"]
+    to_char = byte_to_unicode()
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS.values())}
-    for c in chars:
-        vocab.setdefault(c, len(vocab))
+    for c in string.printable:
+        if c not in "\t\r\x0b\x0c":
+            vocab.setdefault(to_char[ord(c)], len(vocab))
+    for b in range(256):
+        vocab.setdefault(to_char[b], len(vocab))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL_TOKENS["unk"]))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok.decoder = decoders.Fuse()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),  # bytes → 256 printable chars
+        pre_tokenizers.Split(Regex("."), behavior="isolated"),  # one word (= one token) per byte
+    ])
+    tok.decoder = decoders.ByteLevel()
     bos = SPECIAL_TOKENS["bos"]
     tok.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, vocab[bos])]
@@ -39,7 +73,25 @@ def build_char_tokenizer() -> PreTrainedTokenizerFast:
         eos_token=SPECIAL_TOKENS["eos"],
         unk_token=SPECIAL_TOKENS["unk"],
         padding_side="left",
+        clean_up_tokenization_spaces=False,
+        split_special_tokens=True,
     )
+
+
+#: the earlier name, kept for callers (tests, benchmarks): the tiny model's tokenizer
+build_char_tokenizer = build_byte_tokenizer
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:
+    """A 16-hex-digit hash of everything that decides how a tokenizer maps text to ids: its
+    ``tokenizers`` JSON (vocabulary, merges, pre-tokenizer, post-processor, added tokens), its
+    chat template and ``split_special_tokens``. Caches keyed on a model config include it, so a
+    cached model trained with another vocabulary never loads."""
+    import hashlib
+
+    parts = [tokenizer.backend_tokenizer.to_str(), str(getattr(tokenizer, "chat_template", None)),
+             str(getattr(tokenizer, "split_special_tokens", False))]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
 def build_tiny_model(vocab_size: int, arch: str, hidden_size: int, num_layers: int, num_heads: int,
@@ -71,11 +123,28 @@ class Policy:
     :ivar tokenizer: its tokenizer; ``pad_token_id`` and ``eos_token_id`` are set.
     :ivar fast: compute :meth:`token_logprobs` with :func:`reasonzoo.fasttrain.token_logprobs`
         where it is exact (Llama/Qwen2, fp32, right padding); ``False``: always the HF forward.
+    :ivar chat: encode prompts through the tokenizer's chat template (one user turn and the
+        generation prompt; see :meth:`encode_prompt`); needs ``tokenizer.chat_template``.
+    :ivar system_prompt: a system turn put before the user turn when ``chat`` is on.
+    :ivar overlong: what :meth:`fit_context` does with problems whose prompt plus response limit
+        exceed the context: ``"error"`` or ``"drop"``.
     """
 
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerFast
     fast: bool = True
+    chat: bool = False
+    system_prompt: Optional[str] = None
+    overlong: str = "error"
+
+    def __post_init__(self):
+        if self.chat and not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError("model.chat_template: this tokenizer has no chat template (set model.chat_template=none)")
+        if self.system_prompt is not None and not self.chat:
+            raise ValueError(f"model.system_prompt={self.system_prompt!r}: needs a chat template "
+                             "(the tokenizer has none, or model.chat_template=none)")
+        if self.overlong not in OVERLONG:
+            raise ValueError(f"model.overlong={self.overlong!r}: allowed values are {', '.join(OVERLONG)}")
 
     @property
     def eos_token_id(self) -> int:
@@ -86,7 +155,76 @@ class Policy:
         return int(self.tokenizer.pad_token_id)
 
     def encode_prompt(self, text: str) -> tuple[int, ...]:
-        return tuple(self.tokenizer(text)["input_ids"])
+        """The prompt's token ids, as every rollout and evaluation feeds them to the model.
+
+        Without ``chat``: the tokenizer's own encoding (the tiny tokenizer adds BOS). With
+        ``chat``: ``apply_chat_template`` renders ``[system?, user: text]`` with the generation
+        prompt, and the rendered text is encoded with ``add_special_tokens=False``, since a
+        template writes its own BOS (``{{ bos_token }}``): encoding it with special tokens would
+        give two (the convention of HF's ``apply_chat_template(tokenize=True)`` and vLLM's chat).
+        """
+        if not self.chat:
+            return tuple(self.tokenizer(text)["input_ids"])
+        messages = [{"role": "user", "content": text}]
+        if self.system_prompt is not None:
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        rendered = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tuple(self.tokenizer(rendered, add_special_tokens=False)["input_ids"])
+
+    @property
+    def context_length(self) -> Optional[int]:
+        """Longest prompt + response in tokens: the model's ``max_position_embeddings``, or the
+        tokenizer's ``model_max_length`` where that is smaller (unset, HF's 1e30, is ignored);
+        ``None`` when neither is known."""
+        sizes = [getattr(self.model.config, "max_position_embeddings", None),
+                 getattr(self.tokenizer, "model_max_length", None)]
+        sizes = [int(n) for n in sizes if isinstance(n, int) and 0 < n < 10**9]
+        return min(sizes) if sizes else None
+
+    def fit_context(self, splits: dict[str, Sequence[Problem]], max_new_tokens: int
+                    ) -> tuple[dict[str, list[Problem]], dict[str, float]]:
+        """Check, before any work starts, that every problem's encoded prompt plus
+        ``max_new_tokens`` fits :attr:`context_length` (an overlong one would run silently
+        past the positions the model was trained on).
+
+        :param splits: problems per split name (``{"train": [...], "eval": [...]}``).
+        :param max_new_tokens: the response limit (``generation.max_new_tokens``).
+        :returns: the problems kept per split, and metrics ``data/dropped_overlong/<split>``
+            (problems dropped) and ``data/max_prompt_tokens``.
+        :raises ValueError: with ``overlong="error"`` and any problem too long: how many per
+            split, and the first one's id and length; or a prompt the chat template rejects.
+        """
+        limit = self.context_length
+        kept: dict[str, list[Problem]] = {}
+        metrics: dict[str, float] = {}
+        longest, over = 0, {}
+        for name, problems in splits.items():
+            try:
+                if self.chat:
+                    lengths = [len(self.encode_prompt(p.prompt)) for p in problems]
+                else:
+                    lengths = [len(x) for x in self.tokenizer([p.prompt for p in problems])["input_ids"]]
+            except Exception as exc:  # a template that rejects the turns (e.g. no system role)
+                raise ValueError(f"model.chat_template / model.system_prompt: the chat template failed on "
+                                 f"the {name} prompts: {exc}") from None
+            longest = max([longest, *lengths])
+            bad = [i for i, n in enumerate(lengths) if limit is not None and n + max_new_tokens > limit]
+            if bad:
+                over[name] = (len(bad), len(problems), problems[bad[0]].uid, lengths[bad[0]])
+            drop = set(bad) if self.overlong == "drop" else set()
+            kept[name] = [p for i, p in enumerate(problems) if i not in drop]
+            metrics[f"data/dropped_overlong/{name}"] = float(len(drop))
+            if problems and not kept[name]:
+                raise ValueError(f"model.overlong=drop: every one of the {len(problems)} {name} problems is longer "
+                                 f"than the context ({limit} tokens) minus generation.max_new_tokens={max_new_tokens}")
+        if over and self.overlong == "error":
+            parts = "; ".join(f"{n} of {tot} {name} problems (first: id {uid!r}, {k} prompt tokens)"
+                              for name, (n, tot, uid, k) in over.items())
+            raise ValueError(f"prompt + generation.max_new_tokens={max_new_tokens} exceeds the model's context of "
+                             f"{limit} tokens for {parts}; shorten the prompts, lower generation.max_new_tokens, "
+                             f"or set model.overlong=drop")
+        metrics["data/max_prompt_tokens"] = float(longest)
+        return kept, metrics
 
     def encode_response(self, text: str, eos: bool = True) -> tuple[int, ...]:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -124,7 +262,14 @@ class Policy:
         self.tokenizer.save_pretrained(path)
 
     @classmethod
-    def load(cls, path: str | Path, dtype: torch.dtype = torch.float32) -> "Policy":
+    def load(cls, path: str | Path, dtype: torch.dtype = torch.float32, chat_template: str = "auto",
+             system_prompt: Optional[str] = None, overlong: str = "error") -> "Policy":
+        """Load a local HF model folder (``local_files_only``). ``chat_template``: ``"auto"``
+        encodes prompts through the tokenizer's chat template when it has one, ``"none"``
+        never; ``system_prompt`` and ``overlong``: see the class. ``FileNotFoundError`` when
+        the folder has no ``config.json``; ``ValueError`` naming the config key otherwise."""
+        if chat_template not in CHAT_TEMPLATE:
+            raise ValueError(f"model.chat_template={chat_template!r}: allowed values are {', '.join(CHAT_TEMPLATE)}")
         path = Path(path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"model.path={str(path)!r}: no Hugging Face model there (config.json missing)")
@@ -132,4 +277,5 @@ class Policy:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
-        return cls(model=model, tokenizer=tokenizer)
+        chat = chat_template == "auto" and bool(getattr(tokenizer, "chat_template", None))
+        return cls(model=model, tokenizer=tokenizer, chat=chat, system_prompt=system_prompt, overlong=overlong)

@@ -222,6 +222,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     train_problems = hook.rz_load_problems(ctx=ctx, split="train")
     eval_problems = eval_split(hook.rz_load_problems(ctx=ctx, split="eval"), rc.eval.problems_per_difficulty)
     ctx.policy = policy = hook.rz_build_policy(ctx=ctx)
+    # every prompt + max_new_tokens must fit the model's context: error, or drop and count (model.overlong)
+    kept, data_metrics = policy.fit_context({"train": train_problems, "eval": eval_problems}, rc.generation.max_new_tokens)
+    train_problems, eval_problems = kept["train"], kept["eval"]
     ctx.engine = engine = hook.rz_build_engine(ctx=ctx, policy=policy)
     ctx.optimizer = torch.optim.AdamW(
         policy.model.parameters(), lr=rc.train.lr, weight_decay=rc.train.weight_decay, betas=tuple(rc.train.betas)
@@ -250,7 +253,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             t0 = time.perf_counter()
             warm = hook.rz_warmup(ctx=ctx, policy=policy, problems=train_problems) or {}
             engine.sync_weights()
-            record: dict[str, Any] = {"iteration": 0, **warm, "time/warmup": time.perf_counter() - t0}
+            record: dict[str, Any] = {"iteration": 0, **data_metrics, **warm, "time/warmup": time.perf_counter() - t0}
             if rc.eval.before:
                 ctx.iteration = 0
                 t0 = time.perf_counter()

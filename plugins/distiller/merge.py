@@ -9,13 +9,13 @@ Both models must have the same architecture. The merged policy is evaluated and 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
 from reasonzoo import hookimpl, plugin
 from reasonzoo.checkpoint import load_model_weights
-from reasonzoo.policy import Policy
 
 
 @dataclass
@@ -53,4 +53,4 @@ class Merge:
         long = {k: v for k, v in policy.model.state_dict().items() if k in short}
         model = copy.deepcopy(policy.model)
         model.load_state_dict(merge_state_dicts(long, short, self.cfg.alpha), strict=False)
-        return Policy(model=model, tokenizer=policy.tokenizer)
+        return dataclasses.replace(policy, model=model)  # same tokenizer and prompt encoding (chat template)

@@ -13,7 +13,7 @@ the HF forward used here) under-learned the operand copy and started RL near cha
 seed with this exact code path gives near-perfect worked solutions (loss ~0.07).
 
 The result is cached under ``<cache_dir>/warmup/<key>``, the key hashing the model, task and
-warm-up configs and the seed, so the main job trains it once and reuses it afterwards.
+warm-up configs, the seed and the tokenizer, so the main job trains it once and reuses it afterwards.
 """
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ from tqdm.auto import tqdm
 
 from reasonzoo import __version__, hookimpl, plugin
 from reasonzoo.checkpoint import load_into
+from reasonzoo.runlog import progress_bars
+from reasonzoo.policy import tokenizer_fingerprint
 
 
 @dataclass
@@ -55,14 +57,17 @@ class SFTWarmup:
             raise ValueError(f"warmup.mix={cfg.mix}: needs non-negative weights with a positive sum")
         self.cfg = cfg
 
-    def cache_key(self, ctx) -> str:
+    def cache_key(self, ctx, policy) -> str:
+        """16 hex digits hashing the model, task and warm-up configs, the seed, the package
+        version and the policy's tokenizer (:func:`reasonzoo.policy.tokenizer_fingerprint`: a
+        cache trained with another vocabulary or chat template must never load)."""
         parts = {k: OmegaConf.to_container(ctx.cfg[k], resolve=True) for k in ("model", "task", "warmup")}
-        parts.update(seed=ctx.seed, version=__version__)
+        parts.update(seed=ctx.seed, version=__version__, tokenizer=tokenizer_fingerprint(policy.tokenizer))
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
     @hookimpl
     def rz_warmup(self, ctx, policy, problems):
-        cache = Path(os.path.expanduser(ctx.cfg.cache_dir)) / "warmup" / self.cache_key(ctx)
+        cache = Path(os.path.expanduser(ctx.cfg.cache_dir)) / "warmup" / self.cache_key(ctx, policy)
         if self.cfg.cache and (cache / "metrics.json").is_file():
             load_into(policy.model, cache)
             return {**json.loads((cache / "metrics.json").read_text()), "warmup/cached": 1.0}
@@ -88,7 +93,7 @@ class SFTWarmup:
             0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, cfg.steps))))))
         model.train()
         t0, losses = time.perf_counter(), []
-        for _ in tqdm(range(cfg.steps), desc="warm-up (SFT)", disable=not ctx.cfg.progress):
+        for _ in tqdm(range(cfg.steps), desc="warm-up (SFT)", disable=not progress_bars(ctx.cfg.progress)):
             seqs, starts = [], []
             for p in rng.choices(problems, k=cfg.batch_size):
                 k = min(rng.choices(range(len(cfg.mix)), weights=cfg.mix)[0], len(p.solutions) - 1)
