@@ -13,18 +13,22 @@ from typing import Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .ranges import check_ranges, ranged
 from .registry import PluginError, catalogue
 
 
 @dataclass
 class GenerationConfig:
-    temperature: float = 1.0  #: sampling temperature of rollouts (1.0: behaviour = policy)
-    top_p: float = 1.0  #: nucleus threshold; 1.0 = off
-    max_new_tokens: int = 64  #: maximum response length in tokens
+    """Sampling of the RL rollouts."""
+
+    temperature: float = ranged(1.0, gt=0)  #: sampling temperature of rollouts (1.0: behaviour = policy); > 0
+    top_p: float = ranged(1.0, gt=0, le=1)  #: nucleus threshold; 1.0 = off
+    max_new_tokens: int = ranged(64, ge=1)  #: maximum response length in tokens
     repeat_detection: bool = False  #: stop looping responses early (FinishReason.REPEAT; reasonzoo.repeats)
-    repeat_max_period: int = 32  #: repeat rule: longest repeated block, in tokens
-    repeat_min_repeats: int = 3  #: repeat rule: the block repeated this many times in a row
-    repeat_min_length: int = 16  #: repeat rule: and spanning at least this many tokens
+    repeat_max_period: int = ranged(32, ge=1)  #: repeat rule: longest repeated block, in tokens
+    repeat_min_repeats: int = ranged(3, ge=2)  #: repeat rule: a block of >= 2 tokens repeated this many times in a row
+    repeat_min_length: int = ranged(32, ge=2)  #: repeat rule: and spanning at least this many tokens
+    repeat_min_run: int = ranged(96, ge=2)  #: repeat rule: one token repeated needs a run this long
 
     def sampling(self):
         """The rollouts' :class:`SamplingParams`."""
@@ -33,50 +37,57 @@ class GenerationConfig:
 
         rule = None
         if self.repeat_detection:
-            rule = RepeatRule(self.repeat_max_period, self.repeat_min_repeats, self.repeat_min_length)
+            rule = RepeatRule(self.repeat_max_period, self.repeat_min_repeats, self.repeat_min_length, self.repeat_min_run)
         return SamplingParams(self.temperature, self.top_p, self.max_new_tokens, repeat=rule)
 
 
 @dataclass
 class TrainConfig:
-    lr: float = 1e-4  #: AdamW learning rate of the policy
-    weight_decay: float = 0.0  #: AdamW weight decay
-    betas: tuple[float, float] = (0.9, 0.999)  #: AdamW betas
-    minibatch_size: int = 32  #: rollouts per optimizer step
-    microbatches: int = 2  #: length-sorted parts per minibatch, gradients accumulated (less padding; exact for row-mean losses)
-    epochs: int = 1  #: passes over the iteration's batch
-    max_grad_norm: float = 1.0  #: gradient-norm clip; <= 0 disables
+    """The policy update of each iteration."""
 
-    def __post_init__(self) -> None:
-        if self.microbatches < 1:
-            raise ValueError(f"train.microbatches={self.microbatches}: must be >= 1")
+    lr: float = ranged(1e-4, gt=0)  #: AdamW learning rate of the policy
+    weight_decay: float = ranged(0.0, ge=0)  #: AdamW weight decay
+    betas: tuple[float, float] = ranged((0.9, 0.999), ge=0, lt=1)  #: AdamW betas, each in [0, 1)
+    minibatch_size: int = ranged(32, ge=1)  #: rollouts per optimizer step
+    microbatches: int = ranged(2, ge=1)  #: length-sorted parts per minibatch, gradients accumulated (less padding; exact for row-mean losses)
+    epochs: int = ranged(1, ge=1)  #: passes over the iteration's batch
+    max_grad_norm: float = 1.0  #: gradient-norm clip; <= 0 disables
 
 
 @dataclass
 class EvalConfig:
-    every: int = 10  #: evaluate after every this many iterations (and after the last); 0 = only at start and end
-    problems_per_difficulty: int = 200  #: held-out problems per difficulty level
-    temperature: float = 1.0  #: 1.0 = sampled pass@1 (the notes: greedy flips on one token); 0 = greedy
-    batch_size: int = 256  #: sequences generated at once
+    """Held-out evaluation (pass@1, one sample per problem)."""
+
+    every: int = ranged(10, ge=0)  #: evaluate after every this many iterations (and after the last); 0 = only at start and end
+    problems_per_difficulty: int = ranged(200, ge=1)  #: held-out problems per difficulty level
+    temperature: float = ranged(1.0, ge=0)  #: 1.0 = sampled pass@1 (the notes: greedy flips on one token); 0 = greedy
+    batch_size: int = ranged(256, ge=1)  #: sequences generated at once
     before: bool = True  #: evaluate the warmed-up policy before RL (iteration 0)
 
 
 @dataclass
 class CheckpointConfig:
-    every: int = 1  #: checkpoint after every this many iterations; a kill loses at most that many
-    keep: int = 2  #: checkpoints kept on disk (oldest pruned)
+    """Checkpoints under ``<run dir>/checkpoints`` (:mod:`reasonzoo.checkpoint`)."""
+
+    every: int = ranged(1, ge=1)  #: checkpoint after every this many iterations; a kill loses at most that many
+    keep: int = ranged(2, ge=0)  #: checkpoints kept on disk (oldest pruned); 0 = keep all
 
 
 @dataclass
 class RunConfig:
-    """Top-level options of ``reasonzoo-train`` (plugin groups are validated separately)."""
+    """Top-level options of ``reasonzoo-train`` (plugin groups are validated separately).
 
-    seed: int = 0  #: seeds model init, problem generation and every random stream
-    iterations: int = 60  #: RL iterations
-    prompts_per_iteration: int = 16  #: problems sampled per iteration
-    samples_per_prompt: int = 8  #: k, responses per problem
-    threads: int = 1  #: torch intra-op threads (1 is fastest on a shared 2-core box)
+    ``prompts_per_iteration`` must also not exceed the task's training problems: checked when
+    they are loaded, before the warm-up.
+    """
+
+    seed: int = ranged(0, ge=0)  #: seeds model init, problem generation and every random stream
+    iterations: int = ranged(60, ge=0)  #: RL iterations (0: warm-up and evaluation only)
+    prompts_per_iteration: int = ranged(16, ge=1)  #: problems sampled per iteration (at most the task's training problems)
+    samples_per_prompt: int = ranged(8, ge=1)  #: k, responses per problem (a group-baseline loss needs >= 2)
+    threads: int = ranged(1, ge=1)  #: torch intra-op threads (1 is fastest on a shared 2-core box)
     resume: Optional[str] = None  #: a run directory to continue from its latest checkpoint
+    overwrite: bool = False  #: allow a fresh run into a directory that holds a finished or resumable run (replaces it)
     cache_dir: str = "~/.cache/reasonzoo"  #: where warm-up checkpoints are cached
     progress: bool = True  #: show progress bars
     generation: GenerationConfig = field(default_factory=GenerationConfig)
@@ -95,13 +106,47 @@ def _check_keys(node: dict, schema: type, prefix: str) -> None:
             _check_keys(value, ftype, f"{prefix}{key}.")
 
 
+def _min_group(info, config) -> int:
+    """A plugin's ``min_samples_per_prompt`` (class attribute: an int, or a function of its config)."""
+    need = getattr(info.cls, "min_samples_per_prompt", 1)
+    return int(need(config) if callable(need) else need)
+
+
+def _check_combinations(rc: RunConfig, selected: dict) -> None:
+    """Options that are each in range but cannot work together, named both."""
+    for group, (info, config) in sorted(selected.items()):
+        need = _min_group(info, config)
+        if rc.samples_per_prompt < need:
+            raise PluginError(
+                f"samples_per_prompt={rc.samples_per_prompt}: {group}/{info.name} needs at least {need} samples per "
+                f"prompt (min_samples_per_prompt; a group baseline over fewer leaves every advantage 0)")
+    if "reward" in selected and "task" in selected:
+        (rinfo, _), (tinfo, _) = selected["reward"], selected["task"]
+        required = tuple(getattr(rinfo.cls, "problem_fields_required", ()))
+        provided = getattr(tinfo.cls, "problem_fields_provided", None)
+        if provided is not None:  # a task that declares nothing is not second-guessed
+            missing = [f for f in required if f not in provided]
+            if missing:
+                raise PluginError(
+                    f"reward={rinfo.name} needs problem field(s) {', '.join(missing)}, which task={tinfo.name} does not "
+                    f"provide (it provides: {', '.join(provided) or 'none'}); choose a reward that fits the task")
+
+
 def validate(cfg: DictConfig) -> RunConfig:
-    """Validate the whole composed config: plugin groups (selected plugin exists, its keys and
-    types match its dataclass) and the trainer's own keys. Returns the typed ``RunConfig``."""
+    """Validate the whole composed config before any work starts: plugin groups (the selected
+    plugin exists; its keys, types and ranges match its config dataclass), the trainer's own keys,
+    types and ranges (:mod:`reasonzoo.ranges` metadata on the fields above), and combinations
+    that cannot work (a group size below a plugin's ``min_samples_per_prompt``; a reward whose
+    ``problem_fields_required`` the task's ``problem_fields_provided`` lacks).
+
+    :returns: the typed :class:`RunConfig`.
+    :raises PluginError: one line naming the key (or both plugins) and what is allowed.
+    """
     from .registry import HOOK_POINTS, select, validate_plugin_config
 
     cat = catalogue()
     groups = set(HOOK_POINTS) | set(cat)
+    selected = {}
     for group in sorted(groups):
         if group not in cfg:
             if group in HOOK_POINTS:
@@ -110,10 +155,17 @@ def validate(cfg: DictConfig) -> RunConfig:
         node = cfg[group]
         if not isinstance(node, DictConfig) or "name" not in node:
             raise PluginError(f"config group {group!r} must select a plugin (a node with a 'name' key)")
-        validate_plugin_config(select(cat, group, node["name"]), node)
+        info = select(cat, group, node["name"])
+        selected[group] = (info, validate_plugin_config(info, node))
     rest = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in groups and k != "hydra"}
     _check_keys(rest, RunConfig, "")
     try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), rest))
+        rc = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), rest))
     except OmegaConfBaseException as exc:
         raise PluginError(f"{getattr(exc, 'full_key', '?')}: {getattr(exc, 'msg', exc)}") from exc
+    try:
+        check_ranges(rc)
+    except ValueError as exc:
+        raise PluginError(str(exc)) from exc
+    _check_combinations(rc, selected)
+    return rc

@@ -11,6 +11,7 @@ hook call.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib
 import importlib.metadata
@@ -27,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from . import hookspecs
+from .ranges import check_ranges
 
 hookimpl = pluggy.HookimplMarker("reasonzoo")
 ENTRY_POINT_GROUP = "reasonzoo"
@@ -150,6 +152,12 @@ def catalogue() -> dict[str, dict[str, PluginInfo]]:
     for modname in BUILTIN_PLUGINS:
         mod = importlib.import_module(modname)
         found += [_info(c, "reasonzoo", __version__) for c in _plugins_in(mod)]
+    return _catalogue_from(found + _entry_point_infos())
+
+
+def _entry_point_infos() -> list[PluginInfo]:
+    """The plugin classes named by entry points of the ``reasonzoo`` group (imported)."""
+    found: list[PluginInfo] = []
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = ep.dist.name if ep.dist else "?"
         version = ep.dist.version if ep.dist else "?"
@@ -161,6 +169,10 @@ def catalogue() -> dict[str, dict[str, PluginInfo]]:
         if not classes:
             raise PluginError(f"entry point {ep.name!r} = {ep.value!r} of package {dist!r} defines no @reasonzoo.plugin class")
         found += [_info(c, dist, version) for c in classes]
+    return found
+
+
+def _catalogue_from(found: list[PluginInfo]) -> dict[str, dict[str, PluginInfo]]:
     cat: dict[str, dict[str, PluginInfo]] = {}
     for info in found:
         group = cat.setdefault(info.hook_point, {})
@@ -172,6 +184,69 @@ def catalogue() -> dict[str, dict[str, PluginInfo]]:
             )
         group[info.name] = info
     return cat
+
+
+@dataclass(frozen=True)
+class PluginListing:
+    """One row of ``reasonzoo plugins``: what :func:`plugin_listing` reads without importing."""
+
+    hook_point: str
+    name: str
+    module: str
+    package: str  #: distribution that provides it
+    version: str
+    hooks: tuple[str, ...]  #: ``rz_*`` hook implementations, sorted
+
+
+def _declared_plugins(modname: str) -> list[tuple[str, str, tuple[str, ...]]] | None:
+    """``(hook_point, name, hooks)`` of the ``@plugin("<hook point>", "<name>", ...)`` classes in a
+    module's source, read with :mod:`ast` (no import, so no torch). ``None`` when the source cannot
+    be read statically (non-literal decorator arguments, base classes that may add hooks): the
+    caller then imports the module."""
+    spec = importlib.util.find_spec(modname)
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    with open(spec.origin, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), spec.origin)
+    out = []
+    for node in tree.body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        for dec in node.decorator_list:
+            func = dec.func if isinstance(dec, ast.Call) else None
+            if not (isinstance(func, ast.Name) and func.id == "plugin" or isinstance(func, ast.Attribute) and func.attr == "plugin"):
+                continue
+            args = dec.args[:2]
+            if len(args) < 2 or not all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in args):
+                return None
+            if any(not (isinstance(b, ast.Name) and b.id == "object") for b in node.bases):
+                return None
+            hooks = tuple(sorted(n.name for n in node.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+                                 and n.name.startswith("rz_")))
+            out.append((args[0].value, args[1].value, hooks))
+    return out
+
+
+def plugin_listing() -> list[PluginListing]:
+    """Every available plugin, for listing: built-in modules are read with :mod:`ast` rather than
+    imported (``reasonzoo plugins`` stays well under a second: no torch or transformers), entry
+    points of third-party packages are imported. Sorted by hook point and name; the same plugins
+    and hooks as :func:`catalogue` (a test checks this).
+
+    Raises :class:`PluginError` as :func:`catalogue` does for a broken entry point.
+    """
+    from . import __version__
+
+    rows: list[PluginListing] = []
+    for modname in BUILTIN_PLUGINS:
+        declared = _declared_plugins(modname)
+        if declared is None:
+            mod = importlib.import_module(modname)
+            declared = [(*c.__reasonzoo_plugin__[:2], tuple(_info(c, "", "").hooks)) for c in _plugins_in(mod)]
+        rows += [PluginListing(hp, name, modname, "reasonzoo", __version__, hooks) for hp, name, hooks in declared]
+    for info in _entry_point_infos():
+        rows.append(PluginListing(info.hook_point, info.name, info.module, info.package, info.version, tuple(info.hooks)))
+    return sorted(rows, key=lambda r: (r.hook_point, r.name))
 
 
 def conf_search_paths() -> list[str]:
@@ -191,8 +266,12 @@ def conf_search_paths() -> list[str]:
 
 
 def validate_plugin_config(info: PluginInfo, node: Mapping[str, Any] | DictConfig) -> Any:
-    """Build the plugin's config dataclass from a config node; unknown keys and bad types are
-    errors that name the key, the plugin and its allowed keys."""
+    """Build the plugin's config dataclass from a config node; unknown keys, bad types and values
+    outside a field's declared range (:func:`reasonzoo.ranges.ranged`) are errors that name the
+    key, the plugin and what is allowed.
+
+    :raises PluginError: one line naming the key and the plugin.
+    """
     raw = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
     raw = {k: v for k, v in raw.items() if k != "name"}
     schema = OmegaConf.structured(info.config_cls)
@@ -205,10 +284,17 @@ def validate_plugin_config(info: PluginInfo, node: Mapping[str, Any] | DictConfi
             )
     try:
         merged = OmegaConf.merge(schema, raw)
-        return OmegaConf.to_object(merged)
+        obj = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "?"
         raise PluginError(f"{info.hook_point}.{key}: invalid value for plugin {info.hook_point}/{info.name}: {exc.msg if hasattr(exc, 'msg') else exc}") from exc
+    except (ValueError, TypeError) as exc:  # the dataclass's own __post_init__ checks
+        raise PluginError(f"plugin {info.hook_point}/{info.name}: {exc}") from exc
+    try:
+        check_ranges(obj, f"{info.hook_point}.")
+    except ValueError as exc:
+        raise PluginError(f"{exc} (plugin {info.hook_point}/{info.name})") from exc
+    return obj
 
 
 def select(cat: Mapping[str, Mapping[str, PluginInfo]], hook_point: str, name: str) -> PluginInfo:
@@ -269,6 +355,10 @@ def build_plugins(cfg: DictConfig, cat: Mapping[str, Mapping[str, PluginInfo]] |
         if not isinstance(node, DictConfig) or "name" not in node:
             raise PluginError(f"config group {hook_point!r} must select a plugin (a node with a 'name' key)")
         info = select(cat, hook_point, node["name"])
-        out[f"{hook_point}/{info.name}"] = info.cls(validate_plugin_config(info, node))
+        config = validate_plugin_config(info, node)
+        try:
+            out[f"{hook_point}/{info.name}"] = info.cls(config)
+        except (ValueError, TypeError) as exc:  # the plugin's own checks of its options
+            raise PluginError(f"{hook_point}={info.name}: {exc}") from exc
     return out
 

@@ -22,8 +22,9 @@ def test_default_is_the_k15_recipe():
 
 @pytest.mark.parametrize("group,name", [(g, n) for g in sorted(CAT) for n in sorted(CAT[g])])
 def test_every_plugin_config_composes_and_validates(group, name):
-    extra = {"task/jsonl": ["task.train_path=x.jsonl"], "task/code_jsonl": ["task.train_path=x.jsonl"],
-             "distiller/merge": ["distiller.short_model=somewhere"]}
+    extra = {"task/jsonl": ["task.train_path=x.jsonl"], "task/code_jsonl": ["task.train_path=x.jsonl", "reward=code"],
+             "distiller/merge": ["distiller.short_model=somewhere"], "reward/code": ["task=synth_code"],
+             "reward/reasoning_gym": ["task=reasoning_gym"]}
     cfg = compose([f"{group}={name}", *extra.get(f"{group}/{name}", [])])
     assert cfg[group].name == name
     validate(cfg)

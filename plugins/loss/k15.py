@@ -81,6 +81,8 @@ def k15_loss(seq_logp: torch.Tensor, ref_logp: torch.Tensor, returns: torch.Tens
 class K15Loss:
     """Sequence-level mirror-descent surrogate of Kimi k1.5."""
 
+    min_samples_per_prompt = 2  #: the group baseline of one sample is the sample: every advantage 0
+
     def __init__(self, cfg: K15LossConfig):
         if cfg.baseline not in BASELINES:
             raise ValueError(f"loss.baseline={cfg.baseline!r}: allowed values are {', '.join(BASELINES)}")

@@ -117,6 +117,8 @@ def parse_tests(meta) -> list[tuple[str, str]]:
 class CodeReward:
     """Pass fraction (or all-pass) of the response's program on the problem's tests, in a sandbox."""
 
+    problem_fields_required = ("meta.tests",)  #: checked against the task at config validation
+
     def __init__(self, cfg: CodeConfig):
         if cfg.mode not in MODES:
             raise ValueError(f"reward.mode={cfg.mode!r}: allowed values are {', '.join(MODES)}")

@@ -1,22 +1,62 @@
-"""Scores with reasoning-gym's own per-dataset scorer (for ``task=reasoning_gym``).
+"""Scores with reasoning-gym's own per-dataset scorer (for ``task=reasoning_gym``; reasoning-gym,
+Stojanovski et al. 2025, arXiv 2505.24760: procedurally generated tasks with verifiers).
 
 reasoning-gym gives partial credit when the right answer appears inside a longer one; the reward
 is 1 only when the scorer returns ``>= threshold`` (default 1.0, a 0/1 reward as in k1.5), else 0.
+
+Implementation details:
+
+- The scorer of a dataset (``reasoning_gym.get_score_answer_fn``, which constructs the whole
+  dataset object: ~57 ms for one generator) is built **once per dataset name** per worker process
+  (:func:`scorer`) and reused for every rollout; it is looked up by the entry's
+  ``metadata["source_dataset"]``, so composite datasets score each entry with its own generator.
+- Every rollout is scored in a worker process under ``timeout_s``
+  (:class:`reasonzoo.rewards.WorkerPool`; some scorers run sympy); a time-out scores 0 and counts
+  in ``reward/timeouts``. Truncated responses: ``truncated`` (:class:`reasonzoo.rewards.RewardConfig`).
+- ``info["extracted"]`` is the extracted answer, stripped; ``info["scorer"]`` the raw score.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from reasonzoo import hookimpl, plugin
-from reasonzoo.rewards import extract, score_groups
-from reasonzoo.types import RewardResult
+from reasonzoo.rewards import LazyPool, TimedRewardConfig, check_config, extract, reward_metrics, score_in_workers
+
+_SCORERS: dict[str, Callable[[Any, dict], float]] = {}
 
 
 @dataclass
-class ReasoningGymRewardConfig:
+class ReasoningGymRewardConfig(TimedRewardConfig):
     pattern: Optional[str] = None  #: regex whose first group is the answer; None = whole response
     threshold: float = 1.0  #: scorer value that counts as correct
+
+
+def build_scorer(name: str) -> Callable[[Any, dict], float]:
+    """reasoning-gym's ``score_answer(answer, entry)`` of dataset ``name`` (expensive: builds the dataset)."""
+    import reasoning_gym
+
+    return reasoning_gym.get_score_answer_fn(name)
+
+
+def scorer(name: str) -> Callable[[Any, dict], float]:
+    """The scorer of dataset ``name``, built on first use in this process and cached."""
+    fn = _SCORERS.get(name)
+    if fn is None:
+        fn = _SCORERS[name] = build_scorer(name)
+    return fn
+
+
+def score_entry(entry: dict, text: str, pattern: str | None, threshold: float) -> dict:
+    """Score one response on a reasoning-gym entry (runs in a worker process).
+
+    :returns: ``{"score": 0.0 | 1.0, "correct": bool, "info": {"extracted": str | None, "scorer": float}}``.
+    """
+    answer = extract(pattern, text)
+    value = float(scorer(entry["metadata"]["source_dataset"])(answer, entry)) if answer is not None else 0.0
+    ok = value >= threshold
+    return {"score": float(ok), "correct": ok, "info": {"extracted": answer, "scorer": value}}
 
 
 @plugin("reward", "reasoning_gym", ReasoningGymRewardConfig)
@@ -24,20 +64,30 @@ class ReasoningGymReward:
     """reasoning-gym's scorer, thresholded to 0/1."""
 
     def __init__(self, cfg: ReasoningGymRewardConfig):
+        check_config(cfg)
+        if cfg.pattern is not None:
+            try:
+                re.compile(cfg.pattern)
+            except re.error as exc:
+                raise ValueError(f"reward.pattern={cfg.pattern!r}: not a valid regex ({exc})") from None
         self.cfg = cfg
+        self.pool = LazyPool(cfg.workers, preload=("reasoning_gym", __name__))
 
-    def score(self, rollout) -> RewardResult:
-        import reasoning_gym
-
+    def call(self, rollout):
         entry = rollout.problem.meta.get("entry")
         if entry is None:
             raise ValueError(f"problem {rollout.problem.uid!r} has no reasoning-gym entry; use reward=reasoning_gym only with task=reasoning_gym")
-        answer = extract(self.cfg.pattern, rollout.text)
-        fn = reasoning_gym.get_score_answer_fn(entry["metadata"]["source_dataset"])
-        value = float(fn(answer, entry)) if answer is not None else 0.0
-        ok = value >= self.cfg.threshold
-        return RewardResult(float(ok), ok, info={"extracted": answer, "scorer": value})
+        return score_entry, (entry, rollout.text, self.cfg.pattern, self.cfg.threshold)
 
     @hookimpl
     def rz_reward(self, ctx, groups):
-        return score_groups(groups, self.score, "reasoning_gym")
+        return score_in_workers(groups, self.pool.get(), self.call, "reasoning_gym", truncated=self.cfg.truncated,
+                                timeout_s=self.cfg.timeout_s)
+
+    @hookimpl
+    def rz_iteration_end(self, ctx, groups):
+        return reward_metrics(groups)
+
+    @hookimpl
+    def rz_run_end(self, ctx, summary):
+        self.pool.close()

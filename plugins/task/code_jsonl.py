@@ -76,6 +76,8 @@ def read_code_problems(path: str | Path, template: str = "{statement}") -> list[
 class CodeJsonl:
     """Programming problems with test cases from JSONL files."""
 
+    problem_fields_provided = ("meta.tests",)  #: read by config validation (reward needs)
+
     def __init__(self, cfg: CodeJsonlConfig):
         if not 0.0 < cfg.eval_fraction < 1.0:
             raise ValueError(f"task.eval_fraction={cfg.eval_fraction}: must be in (0, 1)")

@@ -62,6 +62,8 @@ def solve(terms: list[int], ops: list[str], modulus: int) -> tuple[int, str]:
 class ModArith:
     """Modular chain arithmetic with a difficulty knob (number of steps)."""
 
+    problem_fields_provided = ("answer", "solutions")  #: read by config validation (reward needs)
+
     def __init__(self, cfg: ModArithConfig):
         if not 1 <= cfg.min_steps <= cfg.max_steps <= len(LABELS):
             raise ValueError(f"task.min_steps={cfg.min_steps}, task.max_steps={cfg.max_steps}: need 1 <= min <= max <= {len(LABELS)}")

@@ -3,6 +3,10 @@
 Each problem keeps its generator entry in ``meta["entry"]``, so the ``reasoning_gym`` reward
 can score it with the dataset's own scorer. Difficulty: the integer value of
 ``entry["metadata"][difficulty_key]`` when ``difficulty_key`` is set.
+
+A generator entry whose reference answer is ``None`` (some generators have open-ended problems)
+is an error at load, naming the generator and the entry: it would otherwise become the reference
+string ``"None"``.
 """
 from __future__ import annotations
 
@@ -27,6 +31,8 @@ class ReasoningGymConfig:
 class ReasoningGym:
     """A reasoning-gym generator as a task."""
 
+    problem_fields_provided = ("answer", "meta.entry")  #: read by config validation (reward needs)
+
     def __init__(self, cfg: ReasoningGymConfig):
         self.cfg = cfg
 
@@ -42,6 +48,10 @@ class ReasoningGym:
             raise ValueError(f"task.dataset={self.cfg.dataset!r} with task.dataset_config={self.cfg.dataset_config}: {exc}") from exc
         out = []
         for i, entry in enumerate(ds):
+            if entry.get("answer") is None:
+                raise ValueError(f"task.dataset={self.cfg.dataset!r}: reasoning-gym generator {self.cfg.dataset!r} gave "
+                                 f"no reference answer (None) for {split} entry {i} (question {entry['question'][:80]!r}); "
+                                 "its problems cannot be scored: choose another dataset or dataset_config")
             diff = entry["metadata"].get(self.cfg.difficulty_key) if self.cfg.difficulty_key else None
             out.append(Problem(uid=f"{self.cfg.dataset}/{split}/{i}", prompt=self.cfg.prompt_template.format(question=entry["question"]),
                                answer=str(entry["answer"]), difficulty=int(diff) if diff is not None else None,

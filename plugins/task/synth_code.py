@@ -81,6 +81,8 @@ def make_problem(rng: random.Random, n_ops: int, ops: str, mod_prob: float) -> t
 class SynthCode:
     """One-line Python programs for arithmetic functions of an input integer, with tests."""
 
+    problem_fields_provided = ("answer", "solutions", "meta.tests")  #: read by config validation (reward needs)
+
     def __init__(self, cfg: SynthCodeConfig):
         if not 1 <= cfg.min_ops <= cfg.max_ops <= MAX_OPS:
             raise ValueError(f"task.min_ops={cfg.min_ops}, task.max_ops={cfg.max_ops}: need 1 <= min_ops <= max_ops <= {MAX_OPS}")

@@ -1,0 +1,83 @@
+"""Errors the console entry points report in one line, and their exit codes.
+
+``reasonzoo-train`` and ``reasonzoo`` run their work through :func:`run_guarded`: a known error
+prints ``reasonzoo: <kind>: <culprit>`` on one line of stderr, without a traceback (set
+``REASONZOO_DEBUG=1`` to see it), and exits with
+
+* :data:`EXIT_USAGE` (2): the command line or the config is wrong (unknown key or plugin, a value
+  out of its range, a run directory that may not be used); nothing was run;
+* :data:`EXIT_FAILURE` (1): the run failed on its inputs or its environment (a bad data file or
+  model directory, a corrupt checkpoint, a read-only or full disk);
+* :data:`EXIT_SIGINT` (130) / :data:`EXIT_SIGTERM` (143): stopped by Ctrl-C or ``kill``.
+
+An unexpected exception (a bug) keeps its traceback and exits 1.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Callable
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+class UsageError(Exception):
+    """The command line or the run directory cannot be used as given (exit 2)."""
+
+
+class RunDirError(UsageError):
+    """A run directory is live (locked by another run) or holds a run that a fresh run would
+    destroy."""
+
+
+class CheckpointError(OSError):
+    """A checkpoint file is missing, truncated or corrupt; the message names the file and what was
+    expected."""
+
+
+def _usage_types() -> tuple[type, ...]:
+    from .registry import PluginError
+
+    return (PluginError, UsageError)
+
+
+#: Failures of a run on its inputs or environment: reported in one line, exit 1.
+RUN_FAILURES: tuple[type, ...] = (OSError, ValueError, UnicodeDecodeError, CheckpointError)
+
+
+def one_line(exc: BaseException) -> str:
+    """The exception's message on one line (continuation lines joined with ``; ``)."""
+    text = str(exc)
+    if isinstance(exc, UnicodeDecodeError):  # names no file: the reader should have wrapped it
+        text = f"not UTF-8 text ({exc})"
+    parts = [p.strip() for p in text.splitlines() if p.strip()]
+    return "; ".join(parts) or type(exc).__name__
+
+
+def report(exc: BaseException) -> int:
+    """Print a known error in one line (traceback with ``REASONZOO_DEBUG=1``) and return its exit
+    code; re-raise an unknown one."""
+    debug = os.environ.get("REASONZOO_DEBUG", "") not in ("", "0")
+    if isinstance(exc, _usage_types()):
+        code, kind = EXIT_USAGE, "config error"
+    elif isinstance(exc, RUN_FAILURES):
+        code, kind = EXIT_FAILURE, "error"
+    else:
+        raise exc
+    if debug:
+        traceback.print_exception(type(exc), exc, exc.__traceback__)
+    print(f"reasonzoo: {kind}: {one_line(exc)}", file=sys.stderr)
+    return code
+
+
+def run_guarded(fn: Callable[[], object]) -> int:
+    """Run ``fn`` and turn known errors into one line and an exit code (0 on success)."""
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001 - unknown ones are re-raised by report
+        return report(exc)
+    return 0
