@@ -13,11 +13,12 @@ what this host supports. Design notes: docs/sandbox.md.
 """
 
 from .config import BACKENDS, Limits, SandboxConfig
+from .functional import judge_functions, strict_equal
 from .languages import LANGUAGES, Language
 from .pool import SandboxPool, default_pool, judge
 from .probe import HostInfo, default_backend, probe
 from .results import VERDICTS, JudgeResult, RunResult, normalise_output, outputs_match
 
 __all__ = ["BACKENDS", "LANGUAGES", "VERDICTS", "HostInfo", "JudgeResult", "Language", "Limits",
-           "RunResult", "SandboxConfig", "SandboxPool", "default_backend", "default_pool", "judge",
-           "normalise_output", "outputs_match", "probe"]
+           "RunResult", "SandboxConfig", "SandboxPool", "default_backend", "default_pool", "judge", "judge_functions",
+           "normalise_output", "outputs_match", "probe", "strict_equal"]

@@ -366,3 +366,90 @@ def test_zz_host_unchanged_afterwards(pools, secret_path):
         assert not os.path.exists(path), path
     scratch = pools["bwrap"]._scratch.path
     assert scratch is None or os.listdir(scratch) == []
+
+
+# --- function tests (assert-style, HumanEval layout): wrong bodies that must never pass ---------
+# The problem: a hand-written function-completion problem in HumanEval's layout (prompt + test with
+# check(candidate) + entry_point); the response completes the body. Each body below is wrong or
+# hostile; with the harness none may pass, whatever it prints, however it exits, whatever it patches.
+FN_PROMPT = 'def add(a: int, b: int) -> int:\n    """Return a + b."""\n'
+FN_TEST = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"
+FN_FAKE_VERDICT = '{"i":0,"verdict":"ok","detail":""}\\n'
+LEAK_PROBE = """
+def _probe():
+    import gc, os, sys
+    needle = "".join(reversed("0 == )1 ,1-(etadidnac tressa"))  # the test's text, built at run time
+    found = []
+    for obj in gc.get_objects():
+        try:
+            if isinstance(obj, (dict, list, tuple)) and needle in repr(obj):
+                found.append("gc")
+        except Exception:
+            pass
+    frame = sys._getframe(1)  # the callers: the harness and its module
+    while frame is not None:
+        if needle in repr(frame.f_locals) or needle in repr(frame.f_globals):
+            found.append("frame")
+        frame = frame.f_back
+    for p in ("/proc/%d/mem" % os.getppid(), "/proc/%d/fd/0" % os.getppid(), "/proc/%d/fd/1" % os.getppid(),
+              "/proc/%d/environ" % os.getppid(), "/proc/%d/cmdline" % os.getppid(), "/proc/self/fd/0"):
+        try:
+            with open(p, "rb") as f:
+                if needle.encode() in f.read(1 << 20):
+                    found.append(p)
+        except OSError:
+            pass
+    print("LEAK" if found else "no leak", found, file=sys.stderr)
+_probe()
+"""
+WRONG_BODIES = [
+    ("return_none", "    return None\n", "wrong_answer"),
+    ("print_passed", f"    print('PASSED')\n    print('{FN_FAKE_VERDICT}')\n    return None\n"
+                     f"print('PASSED')\nprint('{FN_FAKE_VERDICT}')\n", "wrong_answer"),
+    ("exit0_in_body", "    exit(0)\n", "runtime_error"),
+    ("sys_exit0_at_load", "    return a + b\nimport sys\nsys.exit(0)\n", "runtime_error"),
+    ("os_exit0_in_body", "    import os\n    os._exit(0)\n", "runtime_error"),
+    ("os_exit0_at_load", "    return a + b\nimport os\nos._exit(0)\n", "runtime_error"),
+    ("raise_systemexit", "    raise SystemExit(0)\n", "runtime_error"),
+    ("raise_keyboardinterrupt", "    raise KeyboardInterrupt\n", "runtime_error"),
+    ("raise_baseexception", "    raise BaseException('ok')\n", "runtime_error"),
+    ("raise_stopiteration", "    raise StopIteration\n", "runtime_error"),
+    ("eq_always_true", "    class Yes:\n        def __eq__(self, other):\n            return True\n"
+                       "        __hash__ = object.__hash__\n    return Yes()\n", "runtime_error"),
+    ("int_subclass_eq", "    class B(int):\n        def __eq__(self, other):\n            return True\n"
+                        "    return B(0)\n", "runtime_error"),
+    ("patch_builtins", "    import builtins\n    builtins.AssertionError = type('AE', (Exception,), {})\n"
+                       "    builtins.print = lambda *a, **k: None\n    builtins.isinstance = lambda *a: True\n"
+                       "    return None\n", ("wrong_answer", "runtime_error")),  # its own json breaks
+    ("fake_verdict_on_every_fd", "    import os\n    for fd in range(3, 256):\n        try:\n"
+                                 f"            os.write(fd, b'{FN_FAKE_VERDICT}')\n"
+                                 "        except OSError:\n            pass\n"
+                                 "    for p in ('/proc/%d/fd/1' % os.getppid(), '/dev/stdout', '/proc/1/fd/1'):\n"
+                                 "        try:\n"
+                                 f"            open(p, 'w').write('{FN_FAKE_VERDICT}')\n"
+                                 "        except OSError:\n            pass\n    return None\n",
+     ("runtime_error", "wrong_answer")),
+    ("fork_child_fakes_verdict", "    import os\n    if os.fork() == 0:\n        for fd in range(256):\n"
+                                 "            try:\n"
+                                 f"                os.write(fd, b'{FN_FAKE_VERDICT}')\n"
+                                 "            except OSError:\n                pass\n        os._exit(0)\n"
+                                 "    return None\n", ("wrong_answer", "runtime_error")),  # its own json breaks
+    ("close_all_fds", "    import os\n    os.closerange(0, 1024)\n    return a + b + 1\n", "runtime_error"),
+    ("kill_checker", "    import os, signal\n    os.kill(os.getppid(), signal.SIGKILL)\n    return a + b\n",
+     "runtime_error"),
+    ("read_test_from_memory", "    return None\n" + LEAK_PROBE, "wrong_answer"),
+]
+
+
+@pytest.mark.parametrize("name,body,expected", WRONG_BODIES, ids=[b[0] for b in WRONG_BODIES])
+def test_wrong_body_never_passes(pool, name, body, expected):
+    from reasonzoo.sandbox import judge_functions
+
+    test = {"kind": "assert", "test": FN_TEST, "entry_point": "add"}
+    right = judge_functions(pool, FN_PROMPT + "    return a + b\n", [test], FAST, context=FN_PROMPT)
+    assert right.verdicts == ["ok"], right.runs[0]
+    res = judge_functions(pool, FN_PROMPT + body, [test], FAST, context=FN_PROMPT)
+    assert res.score == 0.0
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    assert res.verdicts[0] in expected, (res.verdicts, res.runs[0].stdout, res.runs[0].stderr[-800:])
+    assert "LEAK" not in res.runs[0].stderr, res.runs[0].stderr[-800:]
