@@ -40,7 +40,8 @@ CONFIG_FILE = "reasonzoo_config.yaml"
 
 
 def collate(groups: Sequence[RolloutGroup], pad_id: int) -> TrainBatch:
-    """Pad the rollouts of scored groups into a :class:`TrainBatch` (right padding)."""
+    """Pad the rollouts of scored groups into a :class:`TrainBatch` (right padding). A rollout
+    whose reward has ``in_loss=False`` gets an all-zero ``response_mask`` row."""
     rows = [(gi, r) for gi, g in enumerate(groups) for r in g.rollouts]
     plen = [len(r.prompt_ids) for _, r in rows]
     qlen = [len(r.response_ids) for _, r in rows]
@@ -56,10 +57,11 @@ def collate(groups: Sequence[RolloutGroup], pad_id: int) -> TrainBatch:
         versions.append(v)
     cols = torch.arange(t)
     start, resp = torch.tensor(plen)[:, None] - 1, torch.tensor(qlen)[:, None]
+    keep = torch.tensor([rw.in_loss for g in groups for rw in g.rewards], dtype=torch.float32)[:, None]  # (N, 1)
     return TrainBatch(
         input_ids=torch.tensor(ids, dtype=torch.long),
         attention_mask=(cols < start + 1 + resp).long(),
-        response_mask=((cols[:-1] >= start) & (cols[:-1] < start + resp)).float(),
+        response_mask=((cols[:-1] >= start) & (cols[:-1] < start + resp)).float() * keep,
         token_versions=torch.tensor(versions, dtype=torch.long),
         behaviour_logprobs=torch.tensor(blogp, dtype=torch.float32),
         returns=torch.tensor([x for g in groups for x in g.returns], dtype=torch.float32),

@@ -111,12 +111,16 @@ class RewardResult:
         e.g. a process reward model's per-step scores. Losses that do not use dense rewards
         ignore it.
     :ivar info: free-form diagnostics (extracted answer, verdicts, error message).
+    :ivar in_loss: False leaves the rollout out of the loss: ``collate`` zeroes its
+        ``response_mask`` row (e.g. ``reward.truncated=mask``, DAPO's overlong filtering); its
+        score still enters the group baseline.
     """
 
     score: float
     correct: bool
     token_rewards: tuple[tuple[int, float], ...] | None = None
     info: Mapping[str, Any] = field(default_factory=dict)
+    in_loss: bool = True
 
 
 @dataclass(frozen=True)
@@ -149,7 +153,10 @@ class SamplingParams:
     :ivar temperature: softmax temperature; 0 means greedy decoding.
     :ivar top_p: nucleus sampling threshold (1.0 = off).
     :ivar max_new_tokens: maximum response length in tokens.
-    :ivar stop_strings: generation stops after any of these strings appears in the response.
+    :ivar stop_strings: generation stops (``FinishReason.STOP``) at the token whose decoded text
+        completes any of these strings, also when the string ends inside that token (``</answer>``
+        completed by a ``>\n`` token); the tokens keep that token, ``Generation.text`` is cut right
+        after the string (the string kept).
     :ivar repeat: repeat detection (:mod:`reasonzoo.repeats`): a response that starts looping is
         stopped with ``FinishReason.REPEAT``; ``None`` (default) = off.
     """
@@ -178,11 +185,17 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class Generation:
-    """What an engine returns for one request: new tokens, their log-probs, end state."""
+    """What an engine returns for one request: new tokens, their log-probs, end state.
+
+    :ivar text: the response text when a stop string ended it: the decoded ``token_ids`` cut right
+        after the stop string (kept; what follows it inside the last token dropped). ``None``
+        otherwise: the text is ``policy.decode(token_ids)``.
+    """
 
     token_ids: tuple[int, ...]
     logprobs: tuple[float, ...]
     finish_reason: FinishReason
+    text: str | None = None
 
 
 @dataclass(frozen=True)
@@ -201,7 +214,9 @@ class TrainBatch:
     :ivar correct: ``(N,)`` bool.
     :ivar group_index: ``(N,)`` index of the rollout's group; rows of a group are contiguous.
     :ivar extras: tensors added by ``rz_prepare_update`` implementations, keyed by name, each
-        with leading dimension N.
+        with leading dimension N: per-row ``(N,)`` / ``(N, ...)``, or per-token ``(N, T-1)``
+        (aligned with ``response_mask``; any extra of two or more dimensions whose second one is
+        ``T-1`` is treated as per-token by :meth:`select`).
     """
 
     input_ids: torch.Tensor
@@ -218,8 +233,15 @@ class TrainBatch:
         return self.input_ids.shape[0]
 
     def select(self, index: torch.Tensor) -> "TrainBatch":
-        """Rows ``index`` (a 1-D long tensor), trimmed to the longest selected sequence."""
+        """Rows ``index`` (a 1-D long tensor), trimmed to the longest selected sequence. Per-token
+        extras (second dimension ``T-1``) are trimmed to the same columns as ``response_mask``,
+        so they stay aligned with it; other extras are row-sliced."""
         t = int(self.attention_mask[index].sum(-1).max())
+        width = self.response_mask.shape[1]
+
+        def rows(v: torch.Tensor) -> torch.Tensor:
+            return v[index, : t - 1] if v.dim() >= 2 and v.shape[1] == width else v[index]
+
         return TrainBatch(
             input_ids=self.input_ids[index, :t],
             attention_mask=self.attention_mask[index, :t],
@@ -229,7 +251,7 @@ class TrainBatch:
             returns=self.returns[index],
             correct=self.correct[index],
             group_index=self.group_index[index],
-            extras={k: v[index] for k, v in self.extras.items()},
+            extras={k: rows(v) for k, v in self.extras.items()},
         )
 
 
@@ -239,7 +261,12 @@ class LossOutput:
 
     :ivar loss: scalar tensor to minimise (the core calls ``backward`` on it).
     :ivar metrics: floats to log, keyed ``loss/<name>``.
+    :ivar denominator: how many units ``loss`` is a mean over: response tokens for a token-mean
+        (DAPO), rows for a row mean; ``None`` = the minibatch's row count. The trainer weights
+        micro-batches by it, so accumulation is exact (see ``rz_loss``). 0 when there is no unit
+        (``loss`` then a zero that keeps the graph).
     """
 
     loss: torch.Tensor
     metrics: Mapping[str, float] = field(default_factory=dict)
+    denominator: float | None = None
