@@ -278,7 +278,7 @@ class FastDecoder:
 
     @torch.inference_mode()
     def generate(self, contexts: Sequence[Sequence[int]], limits: Sequence[int], params: SamplingParams,
-                 gen: torch.Generator, pad: int, eos: int,
+                 gen: torch.Generator, pad: int, eos: int | Sequence[int],
                  stop: Callable[[list[int]], bool] | None = None,
                  prefixes: Sequence[Sequence[int]] | None = None,
                  slots: int | None = None) -> list[tuple[list[int], list[float], FinishReason]]:
@@ -289,9 +289,11 @@ class FastDecoder:
         the batch compacted) once a fraction ``compact_at`` of them is free. Each row keeps its own
         cache columns and position, so rows admitted at different steps decode side by side.
 
-        :param stop: optional test on a row's tokens so far (stop strings); True ends the row.
+        :param eos: the token id(s) that end a row (``Policy.eos_token_ids``: any of them stops it).
+        :param stop: optional test on a row's response so far (its prefix and new tokens; stop
+            strings); True ends the row.
         :param prefixes: the response tokens at the end of each context (a continued partial
-            rollout), seen by repeat detection (``params.repeat``); default none.
+            rollout), seen by repeat detection (``params.repeat``) and ``stop``; default none.
         :returns: per row ``(token ids, log-probs, finish reason)``: STOP on EOS or ``stop``,
             REPEAT when ``params.repeat`` fired, LENGTH at the row's limit.
         """
@@ -311,7 +313,9 @@ class FastDecoder:
         kbias = torch.full((S * self.KV, 1, tcap), float("-inf"))
         tracker = None if params.repeat is None else RepeatTracker(params.repeat, prefixes or [()] * b)
         repeated, stopped_by = set(), set()
-        seqs: list[list[int]] = [[] for _ in range(b)]
+        eos_ids = torch.tensor([eos] if isinstance(eos, int) else list(eos), dtype=torch.long)
+        eos_set = set(eos_ids.tolist())
+        seqs: list[list[int]] = [list(prefixes[i]) if prefixes and stop is not None else [] for i in range(b)]
 
         orig = torch.tensor(waiting[:S])  # request held by each batch row
         logits, pos, col = self._admit(W, contexts, waiting[:S], torch.arange(S), cos, sin, cache, kbias, pad)
@@ -325,7 +329,7 @@ class FastDecoder:
             tok, lp = sample_next(logits, params, gen)
             hist.append((orig.clone(), nout.clone(), tok, lp, alive.clone()))
             nout += alive
-            alive &= tok != eos
+            alive &= ~torch.isin(tok, eos_ids)
             going = alive.clone() if tracker is not None else alive  # took this token, did not end on EOS
             if stop is not None:
                 toks = tok.tolist()
@@ -384,7 +388,7 @@ class FastDecoder:
         out = []
         for i in range(b):
             ids_i = toks[i][: n[i]]
-            if i in stopped_by or (n[i] > 0 and ids_i[-1] == eos):
+            if i in stopped_by or (n[i] > 0 and ids_i[-1] in eos_set):
                 reason = FinishReason.STOP
             else:
                 reason = FinishReason.REPEAT if i in repeated else FinishReason.LENGTH

@@ -151,6 +151,17 @@ class Policy:
         return int(self.tokenizer.eos_token_id)
 
     @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """Every token id that ends a response: the tokenizer's EOS, then those of the model's
+        ``generation_config.eos_token_id`` (an int or a list, e.g. Qwen2.5's ``[151645, 151643]``),
+        without repeats. HF ``generate`` stops on the generation config's; the engines stop on any
+        of these."""
+        ids = [self.tokenizer.eos_token_id]
+        cfg = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ids += list(cfg) if isinstance(cfg, (list, tuple)) else [cfg]
+        return tuple(dict.fromkeys(int(i) for i in ids if i is not None))
+
+    @property
     def pad_token_id(self) -> int:
         return int(self.tokenizer.pad_token_id)
 

@@ -14,10 +14,19 @@ Two forwards:
 
 The sampled tokens' log-probs under the sampling distribution are recorded.
 
-Both apply repeat detection (``SamplingParams.repeat``, :mod:`reasonzoo.repeats`) after every
-token, over the request's ``prefix_ids`` plus the new tokens: a looping row ends with
-``FinishReason.REPEAT``. Precedence when several fire on one token: EOS / stop string, then repeat,
-then the length limit.
+Stopping rules, checked after every token, the same in both paths:
+
+- EOS: any of ``Policy.eos_token_ids`` (the tokenizer's EOS and every id of the model's
+  ``generation_config.eos_token_id``, as HF ``generate`` stops on a list), kept as the last token;
+- stop strings (:class:`reasonzoo.engine.StopStrings`): the token whose text completes one ends
+  the row, also when the string ends inside the token; the tokens keep it, ``Generation.text`` is
+  the text cut right after the string (kept in the text, which reward plugins may parse; vLLM's
+  default drops it, ``engine/vllm`` asks it to keep it). Only a tail window is decoded per token;
+  a continued request's ``prefix_ids`` count (a string may start in them);
+- repeat detection (``SamplingParams.repeat``, :mod:`reasonzoo.repeats`) over the request's
+  ``prefix_ids`` plus the new tokens: a looping row ends with ``FinishReason.REPEAT``.
+
+Precedence when several fire on one token: EOS / stop string, then repeat, then the length limit.
 
 Both read the trainer's ``nn.Module`` at every call, so ``sync_weights`` has nothing to copy.
 """
@@ -31,6 +40,7 @@ from typing import Sequence
 import torch
 
 from reasonzoo import hookimpl, plugin
+from reasonzoo.engine import StopStrings
 from reasonzoo.fastdecode import FastDecoder, sample_next, unsupported
 from reasonzoo.repeats import RepeatTracker
 from reasonzoo.types import FinishReason, Generation, GenerationRequest, SamplingParams
@@ -63,26 +73,31 @@ class TorchEngine:
         """Nothing to do: the engine runs the trainer's module itself."""
 
     def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams, generator: torch.Generator) -> list[Generation]:
+        """See :class:`reasonzoo.engine.Engine` and the module docstring (stopping rules)."""
+        stops = StopStrings(self.policy.decode, params.stop_strings) if params.stop_strings else None
         if self.fast is not None:  # continuous batching over max_batch rows
-            return self._generate_fast(requests, params, generator)
-        out: list[Generation] = []
-        for s in range(0, len(requests), self.cfg.max_batch):
-            out += self._generate(requests[s : s + self.cfg.max_batch], params, generator)
-        return out
+            out = self._generate_fast(requests, params, generator, stops)
+        else:
+            out = []
+            for s in range(0, len(requests), self.cfg.max_batch):
+                out += self._generate(requests[s : s + self.cfg.max_batch], params, generator, stops)
+        if stops is None:
+            return out
+        eos = set(self.policy.eos_token_ids)  # a STOP row not ending on EOS was ended by a stop string: cut its text
+        return [Generation(g.token_ids, g.logprobs, g.finish_reason, stops.cut(g.token_ids, r.prefix_ids))
+                if g.finish_reason is FinishReason.STOP and g.token_ids[-1] not in eos else g for g, r in zip(out, requests)]
 
-    def _generate_fast(self, reqs, params, gen) -> list[Generation]:
-        stop = None
-        if params.stop_strings:
-            stop = lambda ids: any(self.policy.decode(ids).endswith(x) for x in params.stop_strings)  # noqa: E731
+    def _generate_fast(self, reqs, params, gen, stops) -> list[Generation]:
         rows = self.fast.generate([tuple(r.prompt_ids) + tuple(r.prefix_ids) for r in reqs],
                                   [r.max_new_tokens or params.max_new_tokens for r in reqs], params, gen,
-                                  self.policy.pad_token_id, self.policy.eos_token_id, stop, [r.prefix_ids for r in reqs],
-                                  slots=self.cfg.max_batch)
+                                  self.policy.pad_token_id, self.policy.eos_token_ids, stops and stops.fires,
+                                  [r.prefix_ids for r in reqs], slots=self.cfg.max_batch)
         return [Generation(tuple(ids), tuple(lps), reason) for ids, lps, reason in rows]
 
     @torch.inference_mode()
-    def _generate(self, reqs, params, gen) -> list[Generation]:
-        model, pad, eos = self.policy.model, self.policy.pad_token_id, self.policy.eos_token_id
+    def _generate(self, reqs, params, gen, stops) -> list[Generation]:
+        model, pad = self.policy.model, self.policy.pad_token_id
+        eos = torch.tensor(self.policy.eos_token_ids, dtype=torch.long)
         was_training = model.training
         model.eval()
         ctxs = [tuple(r.prompt_ids) + tuple(r.prefix_ids) for r in reqs]
@@ -101,6 +116,7 @@ class TorchEngine:
         done = limit <= 0
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         tracker = None if params.repeat is None else RepeatTracker(params.repeat, [r.prefix_ids for r in reqs])
+        seqs = [list(r.prefix_ids) for r in reqs]
         res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
         for t in range(steps):
             cache = res.cache if hasattr(res, "cache") and res.cache is not None else res.past_key_values
@@ -108,11 +124,12 @@ class TorchEngine:
             active = ~done
             toks[active, t], lps[active, t] = tok[active], lp[active]
             n_out += active.long()
-            stop = active & (tok == eos)
-            if params.stop_strings:
-                for i in active.nonzero().flatten().tolist():
-                    text = self.policy.decode(toks[i, : n_out[i]].tolist())
-                    if any(text.endswith(s) for s in params.stop_strings):
+            stop = active & torch.isin(tok, eos)
+            if stops is not None:  # seqs: each row's response so far (prefix included), for the tail-window check
+                going = (active & ~stop).tolist()
+                for i, t in zip(active.nonzero().flatten().tolist(), tok[active].tolist()):
+                    seqs[i].append(t)
+                    if going[i] and stops.fires(seqs[i]):
                         stop[i] = True
             for i in stop.nonzero().flatten().tolist():
                 reason[i] = FinishReason.STOP
