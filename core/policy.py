@@ -180,7 +180,8 @@ class Policy:
         if self.system_prompt is not None:
             messages.insert(0, {"role": "system", "content": self.system_prompt})
         rendered = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return tuple(self.tokenizer(rendered, add_special_tokens=False)["input_ids"])
+        # the template's special-token strings are tokens, also for a tokenizer that splits them in text
+        return tuple(self.tokenizer(rendered, add_special_tokens=False, split_special_tokens=False)["input_ids"])
 
     @property
     def context_length(self) -> Optional[int]:

@@ -1,0 +1,68 @@
+"""The tiny model's byte-level tokenizer: any Unicode text round-trips exactly (issue 8, item 10),
+and the warm-up cache is keyed on the tokenizer."""
+import string
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from omegaconf import OmegaConf
+
+from reasonzoo.policy import Policy, build_byte_tokenizer, build_tiny_model, tokenizer_fingerprint
+
+TOK = build_byte_tokenizer()
+
+
+def _policy(tok=TOK):
+    model = build_tiny_model(len(tok), "llama", 16, 1, 2, 32, 64, tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, seed=0)
+    return Policy(model=model, tokenizer=tok)
+
+
+POLICY = _policy()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_any_unicode_round_trips(text):
+    ids = POLICY.encode_prompt(text)
+    assert ids[0] == TOK.bos_token_id and TOK.unk_token_id not in ids
+    assert len(ids) == 1 + len(text.encode("utf-8"))  # one token per byte
+    assert POLICY.decode(ids) == text
+    assert POLICY.decode(POLICY.encode_response(text)) == text
+
+
+@pytest.mark.parametrize("text", ["a\n\nb", "a\tb\r\n", "£3 × 4 ÷ 2", "x² + ∑ 😀", "<s>1</s><pad><unk>", " a . b , c ! "])
+def test_examples_round_trip(text):
+    assert POLICY.decode(POLICY.encode_prompt(text)) == text
+
+
+def test_printable_ascii_one_token_per_character_with_the_old_ids():
+    # the earlier character tokenizer's ids: 4 specials, then string.printable without \t\r\x0b\x0c
+    chars = [c for c in string.printable if c not in "\t\r\x0b\x0c"]
+    assert [TOK(c, add_special_tokens=False)["input_ids"] for c in chars] == [[4 + i] for i in range(len(chars))]
+    assert len(POLICY.encode_prompt("3a+4b*2c-2=")) == 12 and len(TOK) == 4 + 256
+
+
+def test_round_trip_survives_save_and_load(tmp_path):
+    POLICY.save(tmp_path)
+    loaded = Policy.load(tmp_path)
+    text = "a\n\nb £×÷ <s>"
+    assert loaded.encode_prompt(text) == POLICY.encode_prompt(text) and loaded.decode(loaded.encode_prompt(text)) == text
+    assert tokenizer_fingerprint(loaded.tokenizer) == tokenizer_fingerprint(TOK)
+
+
+def test_warmup_cache_key_changes_with_the_tokenizer():
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from reasonzoo.plugins.warmup.sft import SFTConfig, SFTWarmup
+
+    class Ctx:
+        cfg = OmegaConf.create({"model": {"name": "hf"}, "task": {"name": "modarith"}, "warmup": {"name": "sft"}})
+        seed = 0
+
+    other = Tokenizer.from_str(TOK.backend_tokenizer.to_str())
+    other.add_tokens(["<extra>"])  # one more vocabulary entry: a different tokenizer under the same config
+    other = PreTrainedTokenizerFast(tokenizer_object=other, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    sft = SFTWarmup(SFTConfig())
+    assert sft.cache_key(Ctx, POLICY) == sft.cache_key(Ctx, _policy(build_byte_tokenizer()))  # deterministic
+    assert sft.cache_key(Ctx, POLICY) != sft.cache_key(Ctx, Policy(model=POLICY.model, tokenizer=other))
