@@ -53,6 +53,8 @@ from multiprocessing import Pipe
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+from .ranges import ranged
+
 if TYPE_CHECKING:  # reasonzoo.types imports torch; worker processes must not pay for it
     from .types import Rollout, RewardResult, RolloutGroup
 
@@ -73,8 +75,8 @@ class RewardConfig:
 class TimedRewardConfig(RewardConfig):
     """Options of a reward that scores in :class:`WorkerPool` processes."""
 
-    timeout_s: float = 10.0  #: wall-clock seconds allowed per scored rollout (in a worker process); a time-out scores 0
-    workers: int = 2  #: worker processes scoring at once
+    timeout_s: float = ranged(10.0, gt=0)  #: wall-clock seconds allowed per scored rollout (in a worker process); a time-out scores 0
+    workers: int = ranged(2, ge=1)  #: worker processes scoring at once
 
 
 def check_config(cfg: RewardConfig) -> None:

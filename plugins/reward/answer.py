@@ -45,6 +45,8 @@ def score_answer(reference: str, text: str, pattern: str | None, ignore_case: bo
 class Answer:
     """Exact match of the extracted answer."""
 
+    problem_fields_required = ("answer",)  #: checked against the task at config validation
+
     def __init__(self, cfg: AnswerConfig):
         check_config(cfg)
         if cfg.pattern is not None:

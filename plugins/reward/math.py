@@ -196,6 +196,8 @@ def score_math(reference: str, text: str, pattern: str | None) -> dict:
 class MathVerify:
     """Equivalence of the final (last boxed) answer with a bare-LaTeX reference, via math-verify."""
 
+    problem_fields_required = ("answer",)  #: checked against the task at config validation
+
     def __init__(self, cfg: MathConfig):
         check_config(cfg)
         if cfg.pattern is not None:

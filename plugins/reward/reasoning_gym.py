@@ -63,6 +63,8 @@ def score_entry(entry: dict, text: str, pattern: str | None, threshold: float) -
 class ReasoningGymReward:
     """reasoning-gym's scorer, thresholded to 0/1."""
 
+    problem_fields_required = ("meta.entry",)  #: checked against the task at config validation
+
     def __init__(self, cfg: ReasoningGymRewardConfig):
         check_config(cfg)
         if cfg.pattern is not None:
