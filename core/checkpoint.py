@@ -8,17 +8,23 @@ Layout of a run directory::
 
 A checkpoint is written into a temporary folder and renamed into place; ``latest`` is replaced
 atomically afterwards. A crash at any point leaves the previous checkpoint intact and ``latest``
-pointing at a complete one.
+pointing at a complete one. A writer removes only its own temporary folder (named with its pid);
+those of killed writers are removed by :func:`reasonzoo.rundir.remove_stale_temporaries` when the
+next run takes the directory's lock. Damaged files raise :class:`CheckpointError` naming the file
+and what was expected.
 """
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file
+
+from .errors import CheckpointError
 
 
 def _fsync_dir(path: Path) -> None:
@@ -30,12 +36,18 @@ def _fsync_dir(path: Path) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically (a temporary file beside it, renamed into place);
+    on a write error (full or read-only disk) the old file stays and the temporary is removed."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
 
 
@@ -44,15 +56,19 @@ def save_checkpoint(run_dir: Path, iteration: int, policy: Any, state: dict[str,
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     name = f"iter_{iteration:06d}"
-    tmp = root / f".tmp-{name}-{os.getpid()}"
+    tmp = root / f".tmp-{name}-{os.getpid()}"  # this writer's own; others' are never touched here
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir()
-    policy.save(tmp / "model")
-    with open(tmp / "state.pt", "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        tmp.mkdir()
+        policy.save(tmp / "model")
+        with open(tmp / "state.pt", "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:  # a full or read-only disk, a signal: the previous checkpoint stays the latest
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     final = root / name
     if final.exists():  # re-written after a resume from an earlier checkpoint
         shutil.rmtree(final)
@@ -62,8 +78,6 @@ def save_checkpoint(run_dir: Path, iteration: int, policy: Any, state: dict[str,
     ckpts = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("iter_"))
     for old in ckpts[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
-    for stale in root.glob(".tmp-*"):  # left by a killed writer
-        shutil.rmtree(stale, ignore_errors=True)
     return final
 
 
@@ -72,14 +86,39 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     pointer = Path(run_dir) / "checkpoints" / "latest"
     if not pointer.is_file():
         return None
-    path = pointer.parent / pointer.read_text().strip()
-    if not (path / "state.pt").is_file():
-        raise FileNotFoundError(f"{pointer} names {path.name}, which is incomplete (no state.pt)")
+    try:
+        name = pointer.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{pointer}: corrupt (not UTF-8 text); expected the name of a checkpoint folder") from exc
+    path = pointer.parent / name
+    if not re.fullmatch(r"iter_\d{6}", name) or not (path / "state.pt").is_file():
+        raise CheckpointError(f"{pointer} names {name[:40]!r}, which is not a complete checkpoint (expected an "
+                              f"iter_NNNNNN folder with state.pt and model/)")
     return path
 
 
+#: Keys every ``state.pt`` holds (written by ``reasonzoo.trainer``).
+STATE_KEYS = ("iteration", "policy_version", "optimizer", "torch_rng", "plugins")
+
+
 def load_state(ckpt: Path) -> dict[str, Any]:
-    return torch.load(Path(ckpt) / "state.pt", map_location="cpu", weights_only=False)
+    """The counters, optimizer, RNG and plugin states of a checkpoint (``<ckpt>/state.pt``).
+
+    :raises CheckpointError: naming the file when it is missing, truncated or corrupt, or lacks a
+        key of :data:`STATE_KEYS`.
+    """
+    path = Path(ckpt) / "state.pt"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{path}: missing; expected the checkpoint's state file") from exc
+    except Exception as exc:  # torch raises RuntimeError / UnpicklingError / EOFError on a damaged file
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint state ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}); expected a torch.save file") from exc
+    if not isinstance(state, dict) or any(k not in state for k in STATE_KEYS):
+        have = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path}: not a reasonzoo checkpoint state; expected keys {', '.join(STATE_KEYS)}, found {have}")
+    return state
 
 
 def resolve_model_dir(path: str | Path) -> Path:
@@ -104,7 +143,11 @@ def load_model_weights(path: str | Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"{model_dir} holds no .safetensors weights")
     weights: dict[str, torch.Tensor] = {}
     for f in files:
-        weights.update(load_file(f))
+        try:
+            weights.update(load_file(f))
+        except Exception as exc:  # safetensors raises SafetensorError (not an OSError) on a damaged file
+            raise CheckpointError(f"{f}: truncated or corrupt weights ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                                  "expected a complete .safetensors file") from exc
     return weights
 
 

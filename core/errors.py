@@ -63,7 +63,7 @@ def report(exc: BaseException) -> int:
     code; re-raise an unknown one."""
     debug = os.environ.get("REASONZOO_DEBUG", "") not in ("", "0")
     if isinstance(exc, _usage_types()):
-        code, kind = EXIT_USAGE, "config error"
+        code, kind = EXIT_USAGE, "usage error" if isinstance(exc, UsageError) else "config error"
     elif isinstance(exc, RUN_FAILURES):
         code, kind = EXIT_FAILURE, "error"
     else:

@@ -7,16 +7,28 @@
 
 Config groups of third-party plugin packages (``pkg://<package>.conf``) are added to Hydra's
 search path automatically.
+
+Before Hydra starts (and creates any directory), :func:`main` composes the config with the same
+overrides (every combination of a ``-m`` sweep) and validates it; a mistake is one line
+``reasonzoo: config error: <key>: ...`` and exit code 2, with nothing written. The default run
+directory ``outputs/<date>/<time>`` is created exclusively (``<time>-1``, ... when a run started
+in the same second took it), and removed again when the run fails before writing anything into it.
+Errors are reported by :mod:`reasonzoo.errors` (one line; ``REASONZOO_DEBUG=1`` for the traceback).
 """
 from __future__ import annotations
 
+import itertools
 import logging
+import os
+import re
+import shutil
 import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from .errors import EXIT_USAGE, UsageError, report
 from .registry import PluginError, conf_search_paths
 
 log = logging.getLogger("reasonzoo")
@@ -29,13 +41,15 @@ def _searchpath_override(args: list[str]) -> list[str]:
     return [f"hydra.searchpath=[{','.join(paths)}]"]
 
 
-def compose(overrides: list[str] = ()) -> DictConfig:
-    """The composed config for ``overrides`` (what ``reasonzoo-train`` would run)."""
+def compose(overrides: list[str] = (), hydra_config: bool = False) -> DictConfig:
+    """The composed config for ``overrides`` (what ``reasonzoo-train`` would run); with
+    ``hydra_config`` it keeps the ``hydra`` node (run directory etc.)."""
     from hydra import compose as hcompose, initialize_config_module
 
     overrides = list(overrides)
     with initialize_config_module(config_module="reasonzoo.conf", version_base="1.3"):
-        return hcompose(config_name="config", overrides=overrides + _searchpath_override(overrides))
+        return hcompose(config_name="config", overrides=overrides + _searchpath_override(overrides),
+                        return_hydra_config=hydra_config)
 
 
 @hydra.main(config_path="pkg://reasonzoo.conf", config_name="config", version_base="1.3")
@@ -47,12 +61,26 @@ def _app(cfg: DictConfig) -> None:
     _run(train, cfg, Path(HydraConfig.get().runtime.output_dir))
 
 
+#: The run directory :func:`main` created for this process (removed if the run fails before using it).
+_created_dir: Path | None = None
+
+
 def _run(train, cfg: DictConfig, run_dir: Path) -> None:
     try:
         train(cfg, run_dir)
-    except PluginError as exc:  # a config mistake: one clear line, no traceback
-        print(f"reasonzoo: config error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    except Exception as exc:  # known errors: one line and an exit code; unknown ones keep their traceback
+        _remove_if_unused(run_dir)
+        sys.exit(report(exc))
+
+
+def _remove_if_unused(run_dir: Path) -> None:
+    """Remove the directory :func:`main` created for this run when the run wrote nothing into it
+    (only Hydra's ``.hydra/``, its log and the lock): a failed set-up leaves no empty directory."""
+    from .rundir import run_outputs
+
+    if _created_dir is None or Path(run_dir).resolve() != _created_dir.resolve() or run_outputs(run_dir):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _resume(run_dir: str, extra: list[str]) -> None:
@@ -61,24 +89,128 @@ def _resume(run_dir: str, extra: list[str]) -> None:
     path = Path(run_dir)
     saved = path / CONFIG_FILE
     if not saved.is_file():
-        print(f"reasonzoo: resume={run_dir}: not a reasonzoo run directory ({CONFIG_FILE} missing)", file=sys.stderr)
-        sys.exit(2)
+        raise UsageError(f"resume={run_dir}: not a reasonzoo run directory ({CONFIG_FILE} missing)")
     if extra:
-        print(f"reasonzoo: resume takes the run's saved config; drop the overrides {extra}", file=sys.stderr)
-        sys.exit(2)
-    cfg = OmegaConf.load(saved)
+        raise UsageError(f"resume takes the run's saved config; drop the overrides {extra}")
+    try:
+        cfg = OmegaConf.load(saved)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{saved}: not UTF-8 text (byte {exc.start}); expected the run's saved YAML config") from exc
+    except Exception as exc:  # a YAML syntax error: name the file
+        raise ValueError(f"{saved}: not a readable YAML config ({str(exc).splitlines()[0]})") from exc
     cfg.resume = str(path)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    _run(train, cfg, path)
+    train(cfg, path)
+
+
+# --- validation before Hydra -------------------------------------------------------------------
+
+_OVERRIDE_FAILED = re.compile(r"Could not override '([^']+)'")
+
+
+def _key_of(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0].split("@", 1)[0]
+
+
+def _compose_checked(overrides: list[str]) -> DictConfig:
+    """Compose and validate ``overrides`` as ``reasonzoo-train`` would, with Hydra's errors turned
+    into the project's one-line messages.
+
+    An override of a key that does not exist (Hydra: "Could not override 'loss.taus'", which
+    suggests ``+loss.taus``) is composed again as an addition, so that validation names the key,
+    the plugin and its allowed keys; an unknown plugin names the available ones.
+
+    :raises PluginError: a config mistake. :raises UsageError: another malformed override.
+    """
+    from hydra.errors import HydraException, MissingConfigException
+
+    from .config import validate
+
+    attempt = list(overrides)
+    for _ in range(len(overrides) + 1):
+        try:
+            cfg = compose(attempt)
+        except MissingConfigException as exc:
+            m = re.search(r"Could not find '([^']+)/([^'/]+)'", str(exc))
+            if m and exc.options:
+                raise PluginError(f"{m.group(1)}={m.group(2)}: unknown plugin; available {m.group(1)} plugins: "
+                                  f"{', '.join(sorted(exc.options))}") from None
+            raise UsageError(" ".join(str(exc).split("Config search path")[0].split())) from None
+        except HydraException as exc:
+            m = _OVERRIDE_FAILED.search(str(exc))
+            bad = [i for i, o in enumerate(attempt) if m and not o.startswith(("+", "~")) and _key_of(o) == m.group(1)]
+            if bad:  # validate it as an added key: the message then names the plugin and its allowed keys
+                attempt[bad[0]] = "+" + attempt[bad[0]]
+                continue
+            raise UsageError("; ".join(line.strip() for line in str(exc).splitlines() if line.strip())) from None
+        validate(cfg)
+        return cfg
+    raise UsageError(f"cannot compose the overrides {overrides}")
+
+
+def _sweep_jobs(overrides: list[str]) -> list[list[str]]:
+    """The override lists of every job of a ``-m`` sweep (``a=1,2 b=x,y``: 4 jobs)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    options = []
+    for o in OverridesParser.create().parse_overrides(overrides):
+        if o.is_sweep_override():
+            key = o.get_key_element()
+            options.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+        else:
+            options.append([o.input_line])
+    return [list(job) for job in itertools.product(*options)]
+
+
+def _preflight(args: list[str]) -> list[str]:
+    """Validate before Hydra runs; returns the extra overrides to hand to Hydra (the run directory
+    created exclusively when the user did not choose one). Help and info flags pass through."""
+    global _created_dir
+    from hydra._internal.utils import get_args_parser
+    from hydra.errors import HydraException
+
+    try:
+        ns = get_args_parser().parse_args(args)
+    except SystemExit as exc:  # argparse printed the usage error already
+        raise SystemExit(EXIT_USAGE if exc.code else 0) from None
+    if ns.help or ns.hydra_help or ns.info or ns.shell_completion or ns.config_path or ns.config_dir \
+            or ns.config_name or getattr(ns, "experimental_rerun", None):
+        return []
+    overrides = list(ns.overrides)
+    try:
+        jobs = _sweep_jobs(overrides) if ns.multirun else [overrides]
+    except HydraException as exc:
+        raise UsageError("; ".join(line.strip() for line in str(exc).splitlines() if line.strip())) from None
+    cfgs = [_compose_checked(job) for job in jobs]
+    if ns.cfg:  # only printing the config
+        return []
+    from .rundir import RunLock, check_fresh, is_locked, unique_dir
+
+    key = "hydra.sweep.dir" if ns.multirun else "hydra.run.dir"
+    chosen = next((o.split("=", 1)[1].strip("'\"") for o in overrides if o.lstrip("+").startswith(key + "=")), None)
+    if chosen is not None:
+        if not ns.multirun and Path(chosen).is_dir():  # refuse a live or a held run before Hydra writes into it
+            if is_locked(chosen):
+                RunLock(chosen).acquire()  # raises RunDirError naming the pid
+            check_fresh(chosen, bool(cfgs[0].get("overwrite", False)))
+        return []
+    hcfg = compose(jobs[0], hydra_config=True).hydra
+    _created_dir = unique_dir(hcfg.sweep.dir if ns.multirun else hcfg.run.dir)
+    return [f"{key}='{_created_dir}'"]
 
 
 def main() -> None:
+    """Console entry point of ``reasonzoo-train`` (exit 2: usage or config error, 1: run failure)."""
     args = sys.argv[1:]
     resume = [a for a in args if a.startswith("resume=")]
-    if resume and resume[0].split("=", 1)[1] not in ("", "null"):
-        _resume(resume[0].split("=", 1)[1], [a for a in args if a not in resume])
-        return
-    sys.argv = [sys.argv[0]] + args + _searchpath_override(args)
+    try:
+        if resume and resume[0].split("=", 1)[1] not in ("", "null"):
+            _resume(resume[0].split("=", 1)[1], [a for a in args if a not in resume])
+            return
+        extra = _preflight(args + _searchpath_override(args))
+    except Exception as exc:
+        sys.exit(report(exc))
+    sys.argv = [sys.argv[0]] + args + _searchpath_override(args) + extra
     _app()
 
 
