@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from collections import defaultdict
 from dataclasses import replace
@@ -31,7 +32,8 @@ from .config import RunConfig, validate
 from .context import RunContext
 from .evaluation import EvalSettings, eval_split, training_metrics
 from .evaluation import evaluate as run_eval
-from .registry import build_plugins, make_manager
+from .registry import PluginError, build_plugins, make_manager
+from .rundir import RunLock, check_fresh, clear_run, is_finished, remove_stale_temporaries
 from .types import (FinishReason, Generation, GenerationRequest, Problem, Rollout, RolloutGroup, SamplingParams, Segment,
                     TrainBatch)
 
@@ -197,7 +199,23 @@ def _truncate_metrics(path: Path, last_iteration: int) -> list[dict]:
     """Keep only records up to ``last_iteration`` (a resumed run redoes the lost iteration)."""
     if not path.exists():
         return []
-    recs = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}); expected JSON lines of metrics") from exc
+    recs = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            recs.append(json.loads(line))
+        except ValueError as exc:
+            if n == len(lines):  # torn by the kill being resumed from: beyond the checkpoint, dropped
+                log.warning("%s:%d: torn last line dropped", path, n)
+                continue
+            raise ValueError(f"{path}:{n}: not a JSON object ({exc.msg}); expected one metrics record per line") from exc
+        if not isinstance(recs[-1], dict) or not isinstance(recs[-1].get("iteration"), int):
+            raise ValueError(f"{path}:{n}: expected a metrics record with an integer 'iteration'")
     recs = [r for r in recs if r["iteration"] <= last_iteration]
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in recs))
     return recs
@@ -205,22 +223,53 @@ def _truncate_metrics(path: Path, last_iteration: int) -> list[dict]:
 
 def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Run the composed recipe in ``run_dir``; resumes from its latest checkpoint when
-    ``cfg.resume`` is set. Returns the summary (also written to ``summary.json``)."""
+    ``cfg.resume`` is set. Returns the summary (also written to ``summary.json``).
+
+    The run holds ``run_dir``'s lock (:class:`reasonzoo.rundir.RunLock`) from start to end.
+    ``resume=`` of a finished run reports it complete and changes nothing.
+
+    :raises PluginError: a config mistake (before any work).
+    :raises RunDirError: ``run_dir`` is locked by a live run, or holds a finished or resumable run
+        and ``overwrite`` is false (nothing in it changes).
+    """
+    rc = validate(cfg)
+    run_dir = Path(run_dir)
+    if rc.resume and is_finished(run_dir):
+        return _finished(run_dir)
+    if not rc.resume:
+        check_fresh(run_dir, rc.overwrite)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir):
+        return _train_locked(cfg, run_dir)
+
+
+def _finished(run_dir: Path) -> dict[str, Any]:
+    """The saved summary of a completed run, reported without touching anything."""
+    summary_file = run_dir / "summary.json"
+    try:
+        summary = json.loads(summary_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{summary_file}: unreadable summary of a finished run ({exc})") from exc
+    last = (summary.get("final_eval") or {}).get("eval/accuracy")
+    print(f"reasonzoo: {run_dir} is complete (summary.json written"
+          f"{'' if last is None else f', final eval/accuracy {last:.3f}'}); nothing to resume, nothing changed",
+          file=sys.stderr)
+    return summary
+
+
+def _train_locked(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """:func:`train` with ``run_dir``'s lock held."""
     from .report import plot_metrics, summary_table
 
     rc = validate(cfg)
     transformers.utils.logging.disable_progress_bar()
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(run_dir)  # of killed writers only; the lock says no other run is live
     torch.set_num_threads(rc.threads)
     pm = make_manager(build_plugins(cfg))
     hook = pm.hook
     ctx = RunContext(cfg=cfg, hook=hook, run_dir=run_dir)
     metrics_path = run_dir / "metrics.jsonl"
     ckpt = latest_checkpoint(run_dir) if rc.resume else None
-    if not rc.resume:
-        atomic_write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg))
-        metrics_path.unlink(missing_ok=True)
     torch.manual_seed(rc.seed)
 
     train_problems = hook.rz_load_problems(ctx=ctx, split="train")
@@ -247,6 +296,14 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         log.info("resuming %s from %s (iteration %d)", run_dir, ckpt.name, start)
     elif rc.resume:
         log.warning("resume=%s: no checkpoint yet, starting from scratch", rc.resume)
+    if rc.prompts_per_iteration > len(train_problems):
+        raise PluginError(f"prompts_per_iteration={rc.prompts_per_iteration} exceeds the {len(train_problems)} training "
+                          f"problems of task={cfg.task.name}; allowed: 1 to {len(train_problems)}")
+    if ckpt is None:  # set-up succeeded: only now may an old run be replaced (overwrite=true)
+        if not rc.resume:
+            clear_run(run_dir)
+            atomic_write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg))
+        metrics_path.unlink(missing_ok=True)  # resume= before the first checkpoint starts afresh
     engine.sync_weights()
     hook.rz_run_start(ctx=ctx)
     error: BaseException | None = None
