@@ -2,9 +2,27 @@
 cases in a sandbox; r = the fraction of tests passed (``mode: fraction``) or 1 only when all pass
 (``mode: all``, the paper's binary r in {0, 1}). ``correct`` = every test passed, in both modes.
 
-**Tests** come from ``problem.meta["tests"]``: a non-empty list of ``{"input": str, "output": str}``
-(stdin, expected stdout). Outputs are compared by the sandbox's ``outputs_match``: per line,
-whitespace runs collapse and ends are stripped; trailing blank lines are ignored; case matters.
+**Tests** come from ``problem.meta["tests"]``, a non-empty list mixing three kinds of record:
+
+* ``{"input": str, "output": str}`` (optionally ``"kind": "stdio"``): stdin and expected stdout,
+  compared by the sandbox's ``outputs_match`` (per line, whitespace runs collapse and ends are
+  stripped; trailing blank lines are ignored; case matters);
+* ``{"kind": "assert", "test": str, "entry_point": str}``: function completion (HumanEval's layout):
+  ``test`` defines ``check(candidate)``; the test passes when ``check`` returns normally, called
+  with the program's ``entry_point``;
+* ``{"kind": "call", "fn": str, "args": list, "kwargs"?: dict, "expected": any, "tol"?: float}``:
+  ``fn(*args, **kwargs)`` must return ``expected`` (type-aware, ``reasonzoo.sandbox.strict_equal``).
+
+Function tests (Python only) run in the sandbox's two-process harness (``reasonzoo.sandbox.functional``):
+the response's code never shares a process with the test code, and its return values come back
+as plain data, so printing ``PASSED``, exiting early, patching builtins or returning an object whose
+``__eq__`` is always true all fail.
+
+**Program assembly**: a problem with ``meta["prefix"]`` (HumanEval's ``prompt``: imports, helpers and
+the function's signature and docstring) is completed by the response: program = prefix (ending in a
+newline) + the extracted code with its indentation kept (a body continues the stub; a response that
+repeats the whole ``def`` at column 0 redefines it, which is valid after a stub whose docstring is its
+body). ``prefix`` is also run before an ``assert`` test's code, so helpers it defines exist there.
 
 **Program extraction** (default, ``pattern: null``): the *last* fenced block tagged with the
 language (for Python: ```` ```python ````, ```` ```py ```` or ```` ```python3 ````); else the last
@@ -41,7 +59,8 @@ from typing import Optional
 
 from reasonzoo import hookimpl, plugin
 from reasonzoo.rewards import score_groups
-from reasonzoo.sandbox import BACKENDS, LANGUAGES, VERDICTS, Limits, SandboxConfig, SandboxPool
+from reasonzoo.sandbox import BACKENDS, LANGUAGES, VERDICTS, Limits, SandboxConfig, SandboxPool, judge_functions
+from reasonzoo.sandbox.functional import check_test
 from reasonzoo.sandbox.results import OK, SKIPPED, WRONG_ANSWER
 from reasonzoo.types import RewardResult
 
@@ -82,34 +101,56 @@ class CodeConfig:
     limits: CodeLimitsConfig = field(default_factory=CodeLimitsConfig)  #: per test run
 
 
-def extract_program(text: str, language: str = "python", pattern: str | None = None) -> str | None:
-    """The program in a response, by the rule in the module docstring (None: ``pattern`` did not match)."""
+def extract_program(text: str, language: str = "python", pattern: str | None = None,
+                    keep_indent: bool = False) -> str | None:
+    """The program in a response, by the rule in the module docstring (None: ``pattern`` did not
+    match). ``keep_indent``: strip only blank leading lines and trailing whitespace, so that a
+    completion's indented first line stays indented (used when a problem has a ``prefix``)."""
+    def clean(code: str) -> str:
+        if not keep_indent:
+            return code.strip()
+        lines = code.rstrip().split("\n")
+        while lines and not lines[0].strip():
+            lines.pop(0)
+        return "\n".join(lines)
+
     if pattern is not None:
         found = re.findall(pattern, text, flags=re.DOTALL)
         if not found:
             return None
         last = found[-1]
-        return (last[0] if isinstance(last, tuple) else last).strip()
+        return clean(last[0] if isinstance(last, tuple) else last)
     tags = FENCE_TAGS.get(language, (language,))
     blocks = [(tag.strip().lower(), body) for tag, body in FENCE.findall(text)]
     for wanted in (tags, ("",)):
         bodies = [body for tag, body in blocks if tag in wanted]
         if bodies:
-            return bodies[-1].strip()
-    return text.strip()
+            return clean(bodies[-1])
+    return clean(text)
 
 
-def parse_tests(meta) -> list[tuple[str, str]]:
-    """``meta["tests"]`` as ``(stdin, expected)`` pairs; a missing or malformed list raises."""
+def assemble_program(prefix: str, code: str) -> str:
+    """``prefix`` + ``code`` as described under "Program assembly" (no prefix: ``code``)."""
+    if not prefix:
+        return code
+    return (prefix if prefix.endswith("\n") else prefix + "\n") + code + "\n"
+
+
+def parse_tests(meta) -> list[dict]:
+    """``meta["tests"]`` as records: ``{"kind": "stdio", "input", "output"}`` or a function test
+    (``reasonzoo.sandbox.functional.check_test``); a missing or malformed list raises ``ValueError``."""
     tests = meta.get("tests")
     if not isinstance(tests, (list, tuple)) or not tests:
-        raise ValueError("problem.meta['tests'] must be a non-empty list of {'input', 'output'} "
-                         "(use a code task: task=code_jsonl or task=synth_code)")
+        raise ValueError("problem.meta['tests'] must be a non-empty list of {'input', 'output'} or function "
+                         "tests (use a code task: task=code_jsonl or task=synth_code)")
     out = []
     for i, t in enumerate(tests):
-        if not (isinstance(t, dict) and isinstance(t.get("input"), str) and isinstance(t.get("output"), str)):
-            raise ValueError(f"problem.meta['tests'][{i}] must be {{'input': str, 'output': str}}, got {t!r}")
-        out.append((t["input"], t["output"]))
+        if isinstance(t, dict) and t.get("kind", "stdio") == "stdio":
+            if not (isinstance(t.get("input"), str) and isinstance(t.get("output"), str)):
+                raise ValueError(f"problem.meta['tests'][{i}] must be {{'input': str, 'output': str}}, got {t!r}")
+            out.append({"kind": "stdio", "input": t["input"], "output": t["output"]})
+        else:
+            out.append(check_test(t, f"problem.meta['tests'][{i}]"))
     return out
 
 
@@ -175,12 +216,19 @@ class CodeReward:
         problem = rollout.problem
         tests = parse_tests(problem.meta)
         language = problem.meta.get("language", self.cfg.language)
-        program = extract_program(rollout.text, language, self.cfg.pattern)
+        prefix = problem.meta.get("prefix", "")
+        if not isinstance(prefix, str):
+            raise ValueError(f"problem.meta['prefix'] must be a string, got {type(prefix).__name__}")
+        if language != "python" and any(t["kind"] != "stdio" for t in tests):
+            raise ValueError(f"problem {problem.uid!r}: function tests (assert, call) need language python, "
+                             f"got {language!r}")
+        program = extract_program(rollout.text, language, self.cfg.pattern, keep_indent=bool(prefix))
         if program is None:
             return RewardResult(score=0.0, correct=False, info={
                 "program": None, "language": language, "verdicts": [NO_PROGRAM] * len(tests),
                 "passed": 0, "tests": len(tests)})
-        verdicts, runs = self._judge(pool, program, tests, language)
+        program = assemble_program(prefix, program)
+        verdicts, runs = self._judge(pool, program, tests, language, prefix)
         passed = verdicts.count(OK)
         score = passed / len(tests) if self.cfg.mode == "fraction" else float(passed == len(tests))
         info = {"program": program, "language": language, "verdicts": verdicts, "passed": passed, "tests": len(tests)}
@@ -189,23 +237,35 @@ class CodeReward:
             info["stderr"] = failed.stderr.strip().splitlines()[-1][:200]
         return RewardResult(score=score, correct=passed == len(tests), info=info)
 
-    def _judge(self, pool: SandboxPool, program: str, tests, language: str) -> tuple[list[str], list]:
-        """Verdict and run of each test. ``fraction``: all tests at once on the pool. ``all``: in
-        order, stopping at the first failure (the rest ``skipped``), so which tests ran does not
-        depend on timing (the pool's own ``mode="all"`` cancels whatever has not started yet)."""
-        if self.cfg.mode == "fraction":
-            res = pool.judge(program, tests, self.limits, mode="fraction", language=language)
-            return list(res.verdicts), list(res.runs)
-        verdicts: list[str] = []
-        runs: list = []
-        for test in tests:
-            res = pool.judge(program, [test], self.limits, mode="fraction", language=language)
-            verdicts.append(res.verdicts[0])
-            runs.append(res.runs[0])
-            if res.verdicts[0] != OK:
-                break
-        skipped = len(tests) - len(verdicts)
-        return verdicts + [SKIPPED] * skipped, runs + [None] * skipped
+    def _judge(self, pool: SandboxPool, program: str, tests: list[dict], language: str,
+               prefix: str) -> tuple[list[str], list]:
+        """Verdict and run of each test. stdin/stdout tests first, then function tests (each kind
+        keeps its order). ``fraction``: all tests at once on the pool. ``all``: in order, stopping
+        at the first failure (the rest ``skipped``), so which tests ran does not depend on timing
+        (the pool's own ``mode="all"`` cancels whatever has not started yet)."""
+        stdio = [i for i, t in enumerate(tests) if t["kind"] == "stdio"]
+        func = [i for i, t in enumerate(tests) if t["kind"] != "stdio"]
+        verdicts: list[str] = [SKIPPED] * len(tests)
+        runs: list = [None] * len(tests)
+        pairs = [(tests[i]["input"], tests[i]["output"]) for i in stdio]
+        failed = False
+        if self.cfg.mode == "fraction" and pairs:
+            res = pool.judge(program, pairs, self.limits, mode="fraction", language=language)
+            for i, v, r in zip(stdio, res.verdicts, res.runs):
+                verdicts[i], runs[i] = v, r
+        else:
+            for i, pair in zip(stdio, pairs):
+                res = pool.judge(program, [pair], self.limits, mode="fraction", language=language)
+                verdicts[i], runs[i] = res.verdicts[0], res.runs[0]
+                if res.verdicts[0] != OK:
+                    failed = True
+                    break
+        if func and not failed:
+            res = judge_functions(pool, program, [tests[i] for i in func], self.limits, mode=self.cfg.mode,
+                                  context=prefix)
+            for i, v, r in zip(func, res.verdicts, res.runs):
+                verdicts[i], runs[i] = v, r
+        return verdicts, runs
 
     @hookimpl
     def rz_reward(self, ctx, groups):
