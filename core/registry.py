@@ -72,6 +72,10 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "reasonzoo.plugins.length_penalty.k15",
     "reasonzoo.plugins.length_penalty.none",
     "reasonzoo.plugins.loss.k15",
+    "reasonzoo.plugins.loss.grpo",
+    "reasonzoo.plugins.loss.rloo",
+    "reasonzoo.plugins.loss.reinforce",
+    "reasonzoo.plugins.loss.rest",
     "reasonzoo.plugins.distiller.none",
     "reasonzoo.plugins.distiller.merge",
     "reasonzoo.plugins.logger.wandb",
@@ -198,16 +202,48 @@ class PluginListing:
     hooks: tuple[str, ...]  #: ``rz_*`` hook implementations, sorted
 
 
-def _declared_plugins(modname: str) -> list[tuple[str, str, tuple[str, ...]]] | None:
-    """``(hook_point, name, hooks)`` of the ``@plugin("<hook point>", "<name>", ...)`` classes in a
-    module's source, read with :mod:`ast` (no import, so no torch). ``None`` when the source cannot
-    be read statically (non-literal decorator arguments, base classes that may add hooks): the
-    caller then imports the module."""
+def _parse_module(modname: str) -> ast.Module | None:
     spec = importlib.util.find_spec(modname)
     if spec is None or not spec.origin or not spec.origin.endswith(".py"):
         return None
     with open(spec.origin, encoding="utf-8") as f:
-        tree = ast.parse(f.read(), spec.origin)
+        return ast.parse(f.read(), spec.origin)
+
+
+def _static_hooks(tree: ast.Module, modname: str, cls: ast.ClassDef, depth: int = 0) -> set[str] | None:
+    """The ``rz_*`` methods of ``cls`` and of its base classes, found through the module's own
+    classes and ``from <module> import <name>`` lines; ``None`` where a base cannot be resolved."""
+    hooks = {n.name for n in cls.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name.startswith("rz_")}
+    if depth > 8:
+        return None
+    for base in cls.bases:
+        if not isinstance(base, ast.Name):
+            return None
+        if base.id == "object":
+            continue
+        local = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == base.id), None)
+        if local is not None:
+            found = _static_hooks(tree, modname, local, depth + 1)
+        else:
+            imp = next((n for n in tree.body if isinstance(n, ast.ImportFrom) and n.level == 0 and n.module
+                        and any((a.asname or a.name) == base.id and a.asname is None for a in n.names)), None)
+            other = _parse_module(imp.module) if imp is not None else None
+            cdef = other and next((n for n in other.body if isinstance(n, ast.ClassDef) and n.name == base.id), None)
+            found = _static_hooks(other, imp.module, cdef, depth + 1) if cdef else None
+        if found is None:
+            return None
+        hooks |= found
+    return hooks
+
+
+def _declared_plugins(modname: str) -> list[tuple[str, str, tuple[str, ...]]] | None:
+    """``(hook_point, name, hooks)`` of the ``@plugin("<hook point>", "<name>", ...)`` classes in a
+    module's source, read with :mod:`ast` (no import, so no torch), base classes followed through
+    the module's ``from ... import`` lines. ``None`` when the source cannot be read statically
+    (non-literal decorator arguments, an unresolvable base class): the caller then imports it."""
+    tree = _parse_module(modname)
+    if tree is None:
+        return None
     out = []
     for node in tree.body:
         if not isinstance(node, ast.ClassDef):
@@ -219,11 +255,10 @@ def _declared_plugins(modname: str) -> list[tuple[str, str, tuple[str, ...]]] | 
             args = dec.args[:2]
             if len(args) < 2 or not all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in args):
                 return None
-            if any(not (isinstance(b, ast.Name) and b.id == "object") for b in node.bases):
+            hooks = _static_hooks(tree, modname, node)
+            if hooks is None:
                 return None
-            hooks = tuple(sorted(n.name for n in node.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
-                                 and n.name.startswith("rz_")))
-            out.append((args[0].value, args[1].value, hooks))
+            out.append((args[0].value, args[1].value, tuple(sorted(hooks))))
     return out
 
 
