@@ -211,13 +211,15 @@ def rz_loss(ctx, batch):
     owns extra parameters (a critic) keeps its own optimizer and steps it in this hook or in
     ``rz_iteration_end``.
 
-    Contract: the loss is a *mean over the rows* of ``batch`` (per-group statistics such as
-    baselines come from ``rz_prepare_update``, which sees the full batch). With
-    ``train.microbatches = m > 1`` the core cuts each minibatch into ``m`` length-sorted parts,
-    calls this hook on each and back-propagates ``(rows of part / rows of minibatch) * loss``
-    before the one optimizer step, which is then exactly the step on the whole minibatch. Its
-    metrics are combined the same way: row-weighted mean, except keys ending in ``max`` (maximum)
-    or ``min`` (minimum). A loss that is not a row mean must be run with ``train.microbatches=1``.
+    Contract: the loss is a *mean over units* of ``batch`` (rows, or response tokens for a
+    token-mean) and ``LossOutput.denominator`` says how many (``None`` = its row count; 0 with
+    no unit, the loss then a zero that keeps the graph). Per-group statistics such as baselines
+    come from ``rz_prepare_update``, which sees the full batch. With ``train.microbatches = m > 1``
+    the core cuts each minibatch into ``m`` length-sorted parts, calls this hook on each,
+    back-propagates ``loss_i * d_i`` and divides the gradients by ``Σ d_i`` before clipping and
+    the one optimizer step, which is then exactly the step on the mean over the whole minibatch's
+    units. Its metrics are combined with weights ``d_i / Σ d_i``, except keys ending in ``max``
+    (maximum) or ``min`` (minimum); every call must return the same metric keys.
 
     :param ctx: the run context.
     :param TrainBatch batch: a minibatch (``extras`` included).

@@ -149,9 +149,12 @@ def _combine(parts: list[tuple[float, dict]]) -> dict[str, float]:
 def update(ctx: RunContext, batch: TrainBatch, cfg: RunConfig) -> dict[str, float]:
     """Optimise the selected loss over the batch: ``epochs`` passes of shuffled minibatches, one
     optimizer step each. With ``train.microbatches > 1`` a minibatch is cut into length-sorted
-    micro-batches (less padding) whose losses, weighted by their share of rows, are
-    back-propagated before the step: gradient accumulation, exact for a loss that is a mean over
-    rows (the ``rz_loss`` contract). Rows are sorted by their group's longest row, a group's rows
+    micro-batches (less padding); for each, ``loss * d_i`` is back-propagated, ``d_i`` the units
+    its loss is a mean over (``LossOutput.denominator``: tokens for a token-mean, rows by
+    default), and before clipping and the step every model gradient is divided by ``Σ d_i``: the
+    gradient of the mean over the whole minibatch's units, exact by linearity for any such loss
+    (the ``rz_loss`` contract), with no graph kept across micro-batches. Metrics are combined
+    with the weights ``d_i / Σ d_i``. Rows are sorted by their group's longest row, a group's rows
     kept together, so the samples of one prompt mostly share a micro-batch (the lean forward of
     :mod:`reasonzoo.fasttrain` runs their common prompt once)."""
     model, opt = ctx.policy.model, ctx.optimizer
@@ -175,9 +178,15 @@ def update(ctx: RunContext, batch: TrainBatch, cfg: RunConfig) -> dict[str, floa
             done = []
             for part in parts:
                 out = ctx.hook.rz_loss(ctx=ctx, batch=batch.select(part))
-                w = len(part) / len(index)
-                (out.loss if len(parts) == 1 else out.loss * w).backward()
-                done.append((w, {"loss/total": float(out.loss.detach()), **out.metrics}))
+                d = float(len(part) if out.denominator is None else out.denominator)
+                (out.loss if len(parts) == 1 else out.loss * d).backward()
+                done.append((d, {"loss/total": float(out.loss.detach()), **out.metrics}))
+            total = sum(d for d, _ in done)
+            if len(parts) > 1 and total > 0:  # Σ_i d_i·∇loss_i / Σ_i d_i: the gradient of the minibatch mean
+                for p in model.parameters():
+                    if p.grad is not None:
+                        p.grad.div_(total)
+            done = [(d / total if total > 0 else 1 / len(done), m) for d, m in done]
             if cfg.train.max_grad_norm > 0:
                 norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
                 sums["train/grad_norm"].append(float(norm))

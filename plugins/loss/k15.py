@@ -30,12 +30,12 @@ Implementation details:
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
-from reasonzoo import hookimpl, plugin
+from reasonzoo import hookimpl, plugin, pg
+from reasonzoo.pg import has_dropout
 from reasonzoo.types import LossOutput
 
 BASELINES = ("mean", "logmeanexp")
@@ -51,23 +51,9 @@ class K15LossConfig:
 
 
 def group_baselines(returns: torch.Tensor, group_index: torch.Tensor, tau: float, kind: str) -> torch.Tensor:
-    """τ·log Z estimate per row, computed over each row's group. ``(N,)`` → ``(N,)``."""
-    out = torch.empty_like(returns)
-    for g in group_index.unique():
-        rows = group_index == g
-        r = returns[rows]
-        if kind == "mean":
-            out[rows] = r.mean()
-        else:
-            out[rows] = tau * (torch.logsumexp(r / tau, 0) - math.log(r.numel()))
-    return out
-
-
-def has_dropout(model) -> bool:
-    """True when a forward in train mode is stochastic (a dropout module or attention dropout > 0)."""
-    if float(getattr(getattr(model, "config", None), "attention_dropout", 0.0) or 0.0) > 0:
-        return True
-    return any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules())
+    """τ·log Z estimate per row, computed over each row's group. ``(N,)`` → ``(N,)``
+    (:func:`reasonzoo.pg.group_baselines`: ``mean`` or ``logmeanexp``)."""
+    return pg.group_baselines(returns, group_index, kind, tau)
 
 
 def k15_loss(seq_logp: torch.Tensor, ref_logp: torch.Tensor, returns: torch.Tensor, baseline: torch.Tensor,

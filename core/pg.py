@@ -1,0 +1,357 @@
+"""Policy-gradient building blocks shared by the loss plugins (``loss/reinforce``, ``loss/rloo``,
+``loss/grpo``, ``loss/rest``; ``loss/k15`` takes its group baselines from here).
+
+Each piece exists once and is composed by the plugins:
+
+- advantage estimators (per rollout, from the returns of its group): :func:`group_baselines`
+  (mean, leave-one-out, log-mean-exp), :func:`scale_advantages` (group std, batch std, none);
+- the importance-ratio surrogate :func:`clipped_surrogate`, clipped PPO-style with separate lower
+  and upper bounds (DAPO's clip-higher) or unclipped;
+- the aggregation of per-token losses into one scalar, :func:`aggregate` (``AGGREGATIONS``, the
+  names verl uses), which also returns what the scalar is a mean over (the trainer's
+  micro-batch contract, :class:`reasonzoo.types.LossOutput`);
+- KL estimators to a frozen reference, :func:`kl_estimate` (Schulman 2020, "Approximating KL
+  divergence": k1, k2, k3);
+- :class:`PolicyGradientLoss`, the hook implementations common to all of them: advantages and
+  π_old computed once per iteration in ``rz_prepare_update``, the frozen reference captured after
+  the warm-up and checkpointed, the loss assembled per minibatch. A new estimator or surrogate
+  (REINFORCE++, CISPO) is a subclass overriding one method; see ``docs/losses.md``.
+
+Shapes: ``N`` rollouts, ``T-1`` next-token targets (see :mod:`reasonzoo.types`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from .registry import hookimpl
+from .types import LossOutput, TrainBatch
+
+#: Baselines b_i computed over the group of rollout i (all of them see only the group's returns).
+BASELINES = ("mean", "loo", "logmeanexp")
+#: Advantage scales: ``group`` = group std (GRPO, DeepSeekMath §4.1.2), ``batch`` = std of the
+#: batch's returns (TRL's ``scale_rewards="batch"``), ``none`` = unscaled (Dr.GRPO §3.2).
+SCALES = ("group", "batch", "none")
+#: Aggregation modes: see :func:`aggregate`.
+AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+#: KL estimators: see :func:`kl_estimate`.
+KL_ESTIMATORS = ("k1", "k2", "k3")
+
+
+def _group_sums(values: torch.Tensor, group_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-group sum and count, indexed by group id: ``(G,)`` each, ``G = max id + 1``."""
+    n_groups = int(group_index.max()) + 1 if len(group_index) else 0
+    sums = torch.zeros(n_groups, dtype=values.dtype).index_add_(0, group_index, values)
+    counts = torch.zeros(n_groups, dtype=values.dtype).index_add_(0, group_index, torch.ones_like(values))
+    return sums, counts
+
+
+def group_mean(values: torch.Tensor, group_index: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over each row's group: ``(N,)``, ``(N,)`` long → ``(N,)``."""
+    sums, counts = _group_sums(values, group_index)
+    return (sums / counts.clamp(min=1))[group_index]
+
+
+def group_std(values: torch.Tensor, group_index: torch.Tensor) -> torch.Tensor:
+    """Standard deviation (unbiased, n−1, as ``torch.std``, TRL and verl use) over each row's
+    group, 0 for a group of one: ``(N,)`` → ``(N,)``."""
+    dev = values - group_mean(values, group_index)
+    sq, counts = _group_sums(dev * dev, group_index)
+    return (sq / (counts - 1).clamp(min=1)).sqrt()[group_index]
+
+
+def group_baselines(returns: torch.Tensor, group_index: torch.Tensor, kind: str = "mean", tau: float = 1.0) -> torch.Tensor:
+    """Baseline b_i for each rollout from the returns of its group ``(N,)`` → ``(N,)``.
+
+    - ``mean``: the group mean r̄ (REINFORCE with a mean baseline; GRPO's centring; k1.5's
+      τ·log Z in practice, §2.3.2);
+    - ``loo``: leave-one-out, b_i = (Σ_j r_j − r_i)/(k − 1) (RLOO, Ahmadian et al. 2024,
+      arXiv 2402.14740 §3 eq. 6), so r_i − b_i = k/(k−1)·(r_i − r̄); 0 for a group of one;
+    - ``logmeanexp``: τ·log mean_j exp(r_j/τ) (k1.5 §2.3.2, the sample estimate of τ·log Z).
+
+    :raises ValueError: unknown ``kind``.
+    """
+    if kind == "mean":
+        return group_mean(returns, group_index)
+    if kind == "loo":
+        sums, counts = _group_sums(returns, group_index)
+        k = counts[group_index]
+        return torch.where(k > 1, (sums[group_index] - returns) / (k - 1).clamp(min=1), returns)
+    if kind == "logmeanexp":
+        out = torch.empty_like(returns)
+        for g in group_index.unique():
+            rows = group_index == g
+            out[rows] = tau * (torch.logsumexp(returns[rows] / tau, 0) - math.log(int(rows.sum())))
+        return out
+    raise ValueError(f"baseline {kind!r}: allowed values are {', '.join(BASELINES)}")
+
+
+def scale_advantages(adv: torch.Tensor, returns: torch.Tensor, group_index: torch.Tensor, scale: str,
+                     eps: float = 1e-6) -> torch.Tensor:
+    """Divide centred advantages ``(N,)`` by a spread of the returns ``(N,)``: ``group`` → the
+    group's std + eps (GRPO), ``batch`` → the std of all returns + eps, ``none`` → unchanged
+    (Dr.GRPO: the std division biases toward easy and hard prompts).
+
+    :raises ValueError: unknown ``scale``.
+    """
+    if scale == "group":
+        return adv / (group_std(returns, group_index) + eps)
+    if scale == "batch":
+        return adv / ((returns.std() if len(returns) > 1 else returns.new_zeros(())) + eps)
+    if scale == "none":
+        return adv
+    raise ValueError(f"advantage scale {scale!r}: allowed values are {', '.join(SCALES)}")
+
+
+def uniform_groups(returns: torch.Tensor, group_index: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` bool: the row's group has every return equal (no reward variance: a zero
+    group-centred advantage for every row; DAPO's dynamic sampling drops such groups)."""
+    dev = (returns - group_mean(returns, group_index)).abs()
+    spread, _ = _group_sums(dev, group_index)
+    return spread[group_index] <= 1e-12
+
+
+def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor,
+                      clip_low: float | None, clip_high: float | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-token policy-gradient loss ``−min(ρ·A, clip(ρ, 1−ε_low, 1+ε_high)·A)``, ρ = π/π_old.
+
+    PPO's clipped objective (Schulman et al. 2017, eq. 7) as GRPO uses it (DeepSeekMath eq. 3),
+    with DAPO's decoupled bounds (Yu et al. 2025, arXiv 2503.14476 §3.1, clip-higher). With both
+    bounds ``None`` it is the unclipped ``−ρ·A``, whose gradient at π = π_old is REINFORCE's
+    ``−A·∇log π``.
+
+    :param logp: ``(N, T-1)`` log π of each target under the current parameters (with grad).
+    :param old_logp: ``(N, T-1)`` log π_old (no grad).
+    :param adv: ``(N,)`` per-rollout or ``(N, T-1)`` per-token advantages.
+    :param clip_low: ε_low in [0, 1) or ``None`` (no lower clip).
+    :param clip_high: ε_high ≥ 0 or ``None`` (no upper clip).
+    :returns: ``(loss (N, T-1), stats)``; ``stats`` holds ``(N, T-1)`` bool ``clipped_low`` /
+        ``clipped_high`` (where the clipped branch is taken and its gradient is zero) and
+        ``ratio`` (detached).
+    """
+    a = adv[:, None] if adv.dim() == 1 else adv
+    ratio = torch.exp(logp - old_logp)
+    unclipped = ratio * a
+    lo = 1.0 - clip_low if clip_low is not None else -math.inf
+    hi = 1.0 + clip_high if clip_high is not None else math.inf
+    clipped = ratio.clamp(lo, hi) * a
+    loss = -torch.minimum(unclipped, clipped)
+    r = ratio.detach()
+    stats = {"ratio": r, "clipped_low": (r < lo) & (a < 0), "clipped_high": (r > hi) & (a > 0)}
+    return loss, stats
+
+
+def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-token estimate of KL(π ‖ π_ref) from samples of π (Schulman 2020, "Approximating KL
+    divergence"); with x = log π_ref − log π at the sampled token:
+
+    - ``k1`` = −x (unbiased, high variance, may be negative);
+    - ``k2`` = x²/2 (biased, low variance);
+    - ``k3`` = exp(x) − 1 − x (unbiased, ≥ 0, low variance; GRPO's estimator, DeepSeekMath eq. 4).
+
+    ``(N, T-1)``, ``(N, T-1)`` → ``(N, T-1)``. :raises ValueError: unknown ``kind``.
+    """
+    x = ref_logp - logp
+    if kind == "k1":
+        return -x
+    if kind == "k2":
+        return 0.5 * x * x
+    if kind == "k3":
+        return torch.exp(x) - 1 - x
+    raise ValueError(f"KL estimator {kind!r}: allowed values are {', '.join(KL_ESTIMATORS)}")
+
+
+def aggregate(token_loss: torch.Tensor, mask: torch.Tensor, mode: str, norm_length: float = 1.0) -> tuple[torch.Tensor, float]:
+    """Reduce a per-token loss ``(N, T-1)`` over the tokens where ``mask`` ``(N, T-1)`` is 1.
+
+    Rows with no token in ``mask`` are left out (a filtered rollout, a ReST row not chosen).
+
+    - ``token-mean``: Σ loss / Σ mask, every token weighs the same (DAPO §3.3, verl's default);
+      a mean over tokens;
+    - ``seq-mean-token-mean``: mean over rows of each row's token mean (GRPO, DeepSeekMath eq. 3:
+      (1/G) Σ_i (1/|o_i|) Σ_t); a mean over rows;
+    - ``seq-mean-token-sum``: mean over rows of each row's token sum (the sequence log-prob of
+      REINFORCE and RLOO, one action per response); a mean over rows;
+    - ``seq-mean-token-sum-norm``: seq-mean-token-sum / ``norm_length``, a constant (Dr.GRPO
+      §3.2: the generation budget, not the response length); a mean over rows. verl's version
+      divides by the padded width of the batch instead, which changes from batch to batch.
+
+    :returns: ``(loss, denominator)``: the scalar and the number of units (tokens or rows) it is a
+        mean over, for :class:`reasonzoo.types.LossOutput`. With no unit the loss is a zero that
+        keeps the graph, denominator 0.
+    :raises ValueError: unknown ``mode``.
+    """
+    m = mask.to(token_loss.dtype)
+    summed = (token_loss * m).sum(-1)  # (N,)
+    n_tok = m.sum(-1)  # (N,)
+    rows = n_tok > 0
+    if mode == "token-mean":
+        d = float(n_tok.sum())
+        return summed.sum() / max(d, 1.0), d
+    d = float(rows.sum())
+    if mode == "seq-mean-token-mean":
+        per_row = summed / n_tok.clamp(min=1)
+    elif mode == "seq-mean-token-sum":
+        per_row = summed
+    elif mode == "seq-mean-token-sum-norm":
+        per_row = summed / norm_length
+    else:
+        raise ValueError(f"aggregation {mode!r}: allowed values are {', '.join(AGGREGATIONS)}")
+    return (per_row * rows).sum() / max(d, 1.0), d
+
+
+def has_dropout(model) -> bool:
+    """True when a forward in train mode is stochastic (a dropout module or attention dropout > 0)."""
+    if float(getattr(getattr(model, "config", None), "attention_dropout", 0.0) or 0.0) > 0:
+        return True
+    return any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules())
+
+
+def single_step(ctx, batch: TrainBatch) -> bool:
+    """True when the update of ``batch`` is one optimizer step at θ_old with a deterministic
+    forward (``train.epochs == 1``, ``train.minibatch_size >= N``, no dropout): every loss
+    forward then runs at θ_old, so its detached log-probs are π_old's exactly."""
+    train = ctx.cfg.train
+    return train.epochs == 1 and train.minibatch_size >= len(batch) and not has_dropout(ctx.policy.model)
+
+
+class PolicyGradientLoss:
+    """Hook implementations shared by the policy-gradient losses (a base for loss plugins).
+
+    Per iteration (``rz_prepare_update``, full batch, no grad): ``pg/advantage`` ``(N,)`` from
+    :meth:`advantages`, ``pg/keep`` ``(N,)`` from :meth:`keep_rows`, ``pg/old_logprob``
+    ``(N, T-1)`` (π_old by the trainer's forward, so ratios are right at any sampling temperature;
+    skipped when the update is a single step, :func:`single_step`, where the loss's own detached
+    forward is π_old) and, with ``kl_coef > 0``, ``pg/ref_logprob`` ``(N, T-1)`` under the frozen
+    reference. Per minibatch (``rz_loss``): :meth:`token_loss` + kl_coef·KL per token, reduced by
+    :func:`aggregate` over the response tokens of kept rows (and, with
+    ``exclude_stale_segments``, of the current policy version only).
+
+    The frozen reference is the policy after the warm-up: captured (a state-dict copy) at the first
+    ``rz_iteration_start`` of a fresh run, saved with every checkpoint and restored on resume.
+
+    Settings are read from the subclass's config dataclass when it has the field, else the class
+    default below: ``aggregation``, ``norm_length`` (0 = ``generation.max_new_tokens``),
+    ``clip_low``, ``clip_high``, ``kl_coef``, ``kl_estimator``, ``exclude_stale_segments``.
+    """
+
+    name = "pg"  #: key prefix of the plugin's metrics and checkpoint state (subclasses: their name)
+    needs_old_logprobs = True  #: False for a loss that never reads π_old (plain NLL, ReST)
+    _defaults = {"aggregation": "token-mean", "norm_length": 0, "clip_low": None, "clip_high": None,
+                 "kl_coef": 0.0, "kl_estimator": "k3", "exclude_stale_segments": False}
+
+    def __init__(self, cfg: Any):
+        self.cfg = cfg
+        s = {k: getattr(cfg, k, v) for k, v in self._defaults.items()}
+        if s["aggregation"] not in AGGREGATIONS:
+            raise ValueError(f"loss.aggregation={s['aggregation']!r}: allowed values are {', '.join(AGGREGATIONS)}")
+        if s["kl_estimator"] not in KL_ESTIMATORS:
+            raise ValueError(f"loss.kl_estimator={s['kl_estimator']!r}: allowed values are {', '.join(KL_ESTIMATORS)}")
+        if s["clip_low"] is not None and not 0 <= s["clip_low"] < 1:
+            raise ValueError(f"loss.clip_low={s['clip_low']}: out of range; allowed: [0, 1) or null (no clip)")
+        if s["clip_high"] is not None and not s["clip_high"] >= 0:
+            raise ValueError(f"loss.clip_high={s['clip_high']}: out of range; allowed: >= 0 or null (no clip)")
+        if not s["kl_coef"] >= 0:
+            raise ValueError(f"loss.kl_coef={s['kl_coef']}: out of range; allowed: >= 0")
+        if not s["norm_length"] >= 0:
+            raise ValueError(f"loss.norm_length={s['norm_length']}: out of range; allowed: >= 0 (0 = generation.max_new_tokens)")
+        self.s = s
+        self.reference: dict[str, torch.Tensor] | None = None  # frozen π_ref weights (kl_coef > 0)
+
+    # ---- what subclasses define -----------------------------------------------------------------
+
+    def advantages(self, ctx, batch: TrainBatch) -> torch.Tensor:
+        """``(N,)`` (or ``(N, T-1)``) advantages of the full batch; called once per iteration."""
+        raise NotImplementedError
+
+    def keep_rows(self, ctx, batch: TrainBatch) -> torch.Tensor:
+        """``(N,)`` bool: rows that enter the loss (all by default)."""
+        return torch.ones(len(batch), dtype=torch.bool)
+
+    def token_loss(self, logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor):
+        """Per-token loss ``(N, T-1)`` and stats; the (clipped) surrogate by default."""
+        return clipped_surrogate(logp, old_logp, adv, self.s["clip_low"], self.s["clip_high"])
+
+    # ---- shared machinery ----------------------------------------------------------------------
+
+    def mask(self, ctx, batch: TrainBatch) -> torch.Tensor:
+        """``(N, T-1)`` float: response tokens of kept rows (current-version tokens only with
+        ``exclude_stale_segments``)."""
+        m = batch.response_mask * batch.extras["pg/keep"][:, None]
+        if self.s["exclude_stale_segments"]:
+            m = m * (batch.token_versions == ctx.policy_version)
+        return m
+
+    def norm_length(self, ctx) -> float:
+        return float(self.s["norm_length"] or ctx.cfg.generation.max_new_tokens)
+
+    def reference_logprobs(self, ctx, batch: TrainBatch) -> torch.Tensor:
+        """``(N, T-1)`` log-probs under the frozen reference: its weights are swapped into the
+        model for one forward and the current ones put back (exact, no second model kept)."""
+        model = ctx.policy.model
+        current = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(self.reference)
+        try:
+            return ctx.policy.token_logprobs(batch.input_ids, batch.attention_mask)
+        finally:
+            model.load_state_dict(current)
+
+    @hookimpl
+    def rz_iteration_start(self, ctx):
+        if self.s["kl_coef"] > 0 and self.reference is None:  # first iteration of a fresh run: after the warm-up
+            self.reference = {k: v.detach().clone() for k, v in ctx.policy.model.state_dict().items()}
+
+    @hookimpl
+    def rz_checkpoint_state(self, ctx):
+        return {f"loss/{self.name}": {"reference": self.reference}}
+
+    @hookimpl
+    def rz_load_state(self, ctx, state):
+        s = state.get(f"loss/{self.name}")
+        if s is None:
+            raise KeyError(f"checkpoint holds no loss/{self.name} state (was the run started with another loss?)")
+        self.reference = s["reference"]
+
+    @hookimpl
+    def rz_prepare_update(self, ctx, batch):
+        out = {"pg/advantage": self.advantages(ctx, batch).float(),
+               "pg/keep": self.keep_rows(ctx, batch).float()}
+        if self.needs_old_logprobs and not single_step(ctx, batch):
+            out["pg/old_logprob"] = ctx.policy.token_logprobs(batch.input_ids, batch.attention_mask)  # θ_old
+        if self.s["kl_coef"] > 0:
+            if self.reference is None:
+                raise RuntimeError(f"loss/{self.name}: kl_coef > 0 but no reference captured (rz_iteration_start not called)")
+            out["pg/ref_logprob"] = self.reference_logprobs(ctx, batch)
+        return out
+
+    @hookimpl
+    def rz_loss(self, ctx, batch):
+        logp = ctx.policy.token_logprobs(batch.input_ids, batch.attention_mask)  # (N, T-1)
+        old = batch.extras["pg/old_logprob"] if "pg/old_logprob" in batch.extras else logp.detach()
+        adv = batch.extras["pg/advantage"]
+        mask = self.mask(ctx, batch)
+        tok, stats = self.token_loss(logp, old, adv)
+        metrics: dict[str, float] = {}
+        pg_loss, denom = aggregate(tok, mask, self.s["aggregation"], self.norm_length(ctx))
+        loss = pg_loss
+        if self.s["kl_coef"] > 0:
+            kl = kl_estimate(logp, batch.extras["pg/ref_logprob"], self.s["kl_estimator"])
+            kl_loss, _ = aggregate(kl, mask, self.s["aggregation"], self.norm_length(ctx))
+            loss = pg_loss + self.s["kl_coef"] * kl_loss
+            metrics["loss/kl"] = float(kl_loss.detach())
+        with torch.no_grad():  # every key on every call: the trainer combines micro-batch metrics key by key
+            sel = mask > 0
+            rows = sel.any(-1)
+            n_tok = max(float(sel.sum()), 1.0)
+            a = adv.abs() if adv.dim() == 1 else adv.abs().mean(-1)
+            metrics[f"loss/{self.name}"] = float(pg_loss.detach())
+            metrics["loss/advantage_abs"] = float(a[rows].mean()) if bool(rows.any()) else 0.0
+            if "ratio" in stats:
+                r = stats["ratio"][sel]
+                metrics["loss/ratio_max"] = float(r.max()) if r.numel() else 1.0
+                metrics["loss/ratio_min"] = float(r.min()) if r.numel() else 1.0
+                metrics["loss/clipfrac_low"] = float(stats["clipped_low"][sel].sum()) / n_tok
+                metrics["loss/clipfrac_high"] = float(stats["clipped_high"][sel].sum()) / n_tok
+        return LossOutput(loss, metrics, denominator=denom)

@@ -1,0 +1,47 @@
+"""REINFORCE with a group-mean baseline (Williams 1992; the baseline as in k1.5 §2.3.2, where
+the mean reward of the k samples stands in for τ·log Z, here without the KL-regularised
+mirror-descent term).
+
+For the k responses y_i of prompt x,
+
+    ∇J = (1/k) Σ_i ( r_i − r̄ ) ∇log π(y_i | x),     r̄ = (1/k) Σ_j r_j
+
+Implementation details:
+- log π(y|x) is the sum of the response's token log-probs (``aggregation: seq-mean-token-sum``).
+  The loss is −ρ·A summed over the response, ρ = π/π_old per token, unclipped: at π = π_old its
+  gradient is the formula above; with several optimizer steps ρ reweights the stale samples.
+- Built from :mod:`reasonzoo.pg`: ``group_baselines(mean)``, ``clipped_surrogate`` with no clip
+  bounds, ``aggregate``. The mean includes r_i itself, so the estimate is biased by a factor
+  (k−1)/k; loss/rloo is the unbiased leave-one-out version.
+- Optional KL to the frozen post-warm-up policy (``kl_coef``, 0 by default).
+- The optimizer is not reset between iterations (unlike loss/k15).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from reasonzoo import plugin
+from reasonzoo.pg import PolicyGradientLoss, group_baselines
+from reasonzoo.ranges import ranged
+
+
+@dataclass
+class ReinforceLossConfig:
+    aggregation: str = "seq-mean-token-sum"  #: how token losses are reduced (sequence log-prob)
+    norm_length: int = ranged(0, ge=0)  #: seq-mean-token-sum-norm's constant; 0 = generation.max_new_tokens
+    kl_coef: float = ranged(0.0, ge=0)  #: weight of the KL to the frozen post-warm-up policy; 0 = no reference
+    kl_estimator: str = "k3"  #: k1, k2 or k3 (Schulman 2020)
+    exclude_stale_segments: bool = False  #: leave tokens from older policy versions (partial rollouts) out of the loss
+
+
+@plugin("loss", "reinforce", ReinforceLossConfig)
+class ReinforceLoss(PolicyGradientLoss):
+    """Unclipped REINFORCE with the group-mean baseline."""
+
+    name = "reinforce"
+    min_samples_per_prompt = 2  #: the group mean of one sample is the sample: advantage 0
+
+    def advantages(self, ctx, batch) -> torch.Tensor:
+        return batch.returns - group_baselines(batch.returns, batch.group_index, "mean")

@@ -1,0 +1,49 @@
+"""RLOO: REINFORCE with a leave-one-out baseline (Ahmadian et al. 2024, "Back to Basics",
+arXiv 2402.14740 §3, eq. 6; Kool et al. 2019).
+
+For the k responses y_i of prompt x, each response is one action, baselined by the mean return
+of the other k − 1:
+
+    ∇J = (1/k) Σ_i ( r_i − (1/(k−1)) Σ_{j≠i} r_j ) ∇log π(y_i | x)
+
+Implementation details:
+- log π(y|x) is the sum of the response's token log-probs (``aggregation: seq-mean-token-sum``):
+  the whole response is one action, as in the paper. The loss is −ρ·A summed over the response,
+  ρ = π/π_old per token, unclipped: at π = π_old its gradient is the formula above; with several
+  optimizer steps per iteration ρ reweights the stale samples (no clipping, unlike PPO).
+- Built from :mod:`reasonzoo.pg`: ``group_baselines(loo)`` and ``clipped_surrogate`` with no clip
+  bounds, then ``aggregate``. r_i − b_i = k/(k−1)·(r_i − r̄): REINFORCE's mean-baseline advantage
+  scaled by k/(k−1), which makes the estimate unbiased.
+- Optional KL to the frozen post-warm-up policy (``kl_coef``, 0 by default; the paper puts a
+  KL penalty in the reward with a learned reward model, which a verifiable reward does not need).
+- The optimizer is not reset between iterations (unlike loss/k15).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from reasonzoo import plugin
+from reasonzoo.pg import PolicyGradientLoss, group_baselines
+from reasonzoo.ranges import ranged
+
+
+@dataclass
+class RLOOLossConfig:
+    aggregation: str = "seq-mean-token-sum"  #: how token losses are reduced (sequence log-prob: the paper's)
+    norm_length: int = ranged(0, ge=0)  #: seq-mean-token-sum-norm's constant; 0 = generation.max_new_tokens
+    kl_coef: float = ranged(0.0, ge=0)  #: weight of the KL to the frozen post-warm-up policy; 0 = no reference
+    kl_estimator: str = "k3"  #: k1, k2 or k3 (Schulman 2020)
+    exclude_stale_segments: bool = False  #: leave tokens from older policy versions (partial rollouts) out of the loss
+
+
+@plugin("loss", "rloo", RLOOLossConfig)
+class RLOOLoss(PolicyGradientLoss):
+    """Unclipped REINFORCE with the leave-one-out group baseline."""
+
+    name = "rloo"
+    min_samples_per_prompt = 2  #: the leave-one-out baseline needs another sample
+
+    def advantages(self, ctx, batch) -> torch.Tensor:
+        return batch.returns - group_baselines(batch.returns, batch.group_index, "loo")
