@@ -197,7 +197,61 @@ def test_code_reward_selected_by_config():
     from reasonzoo.registry import build_plugins
     from reasonzoo.train import compose
 
-    cfg = compose(["reward=code", "reward.mode=all", "reward.limits.cpu_s=0.5"])
+    cfg = compose(["task=synth_code", "reward=code", "reward.mode=all", "reward.limits.cpu_s=0.5"])
     validate(cfg)
     plugin = build_plugins(cfg)["reward/code"]
     assert plugin.cfg.mode == "all" and plugin.limits.cpu_s == 0.5 and plugin._pool is None
+
+
+# ---- function tests through the reward (assert and call kinds, a prefix the response completes) ----
+
+PREFIX = 'def scale(xs: list, k: int) -> list:\n    """Multiply every element of xs by k."""\n'
+CHECK = ("def check(candidate):\n    assert candidate([1, 2], 3) == [3, 6]\n    assert candidate([], 5) == []\n"
+         "    assert candidate([-1], 0) == [0]\n")
+BODY = "    return [x * k for x in xs]\n"
+
+
+def fn_groups(texts, tests, prefix=PREFIX, **meta):
+    return groups(texts, tests=tests, prefix=prefix, **meta)
+
+
+def test_assert_tests_complete_the_prefix(fraction, make_ctx):
+    tests = [{"kind": "assert", "test": CHECK, "entry_point": "scale"}]
+    texts = [BODY,                                                       # a body: continues the stub
+             "```python\ndef scale(xs, k):\n    return [k * x for x in xs]\n```",  # the whole def, fenced
+             "    return None\n",
+             "    print('PASSED')\n    return xs\n",
+             "    import os\n    os._exit(0)\n",
+             "    return [x * k for x in xs] +\n"]                            # syntax error
+    out = fraction.rz_reward(make_ctx(), fn_groups(texts, tests))[0]
+    assert [r.score for r in out] == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    assert [r.info["verdicts"][0] for r in out] == ["ok", "ok", "wrong_answer", "wrong_answer", "runtime_error",
+                                                    "runtime_error"]
+    assert out[0].info["program"] == PREFIX + BODY  # prefix + completion, indentation kept
+
+
+def test_call_tests_and_mixed_kinds(fraction, all_pass, make_ctx):
+    tests = [{"input": "", "output": "loaded\n"},  # a stdin/stdout test beside the function tests
+             {"kind": "call", "fn": "scale", "args": [[1, 2], 2], "expected": [2, 4]},
+             {"kind": "call", "fn": "scale", "args": [[0.5], 3], "expected": [1.5]},
+             {"kind": "call", "fn": "scale", "args": [[True], 1], "expected": [True]}]
+    texts = [BODY + "print('loaded')\n", BODY, "    return [1 for x in xs]\nprint('loaded')\n"]
+    out = fraction.rz_reward(make_ctx(), fn_groups(texts, tests))[0]
+    # True * 1 is the int 1, not True: strict comparison fails the last test of the right body
+    assert [r.info["verdicts"] for r in out] == [["ok", "ok", "ok", "wrong_answer"],
+                                                 ["wrong_answer", "ok", "ok", "wrong_answer"],
+                                                 ["ok", "wrong_answer", "wrong_answer", "wrong_answer"]]
+    assert [r.score for r in out] == [0.75, 0.5, 0.25]
+    alls = all_pass.rz_reward(make_ctx(), fn_groups(texts[:2], tests))[0]
+    assert [r.info["verdicts"] for r in alls] == [["ok", "ok", "ok", "wrong_answer"],
+                                                  ["wrong_answer", "skipped", "skipped", "skipped"]]
+    assert [r.score for r in alls] == [0.0, 0.0]
+
+
+def test_function_tests_need_python(fraction, make_ctx):
+    tests = [{"kind": "call", "fn": "f", "args": [], "expected": 1}]
+    out = fraction.rz_reward(make_ctx(), groups(["echo 1"], tests=tests, language="sh"))[0]
+    assert out[0].score == 0.0 and "function tests (assert, call) need language python" in out[0].info["error"]
+    bad = [{"kind": "call", "fn": "f", "args": 3, "expected": 1}]
+    out = fraction.rz_reward(make_ctx(), groups(["def f(): return 1"], tests=bad))[0]
+    assert "problem.meta['tests'][0]: a call test needs 'args', a list" in out[0].info["error"]
