@@ -211,3 +211,18 @@ def test_vllm_stops_like_torch_engine(two_eos_policy, answer_policy, tmp_path):
     finally:
         for eng in engines:
             eng.close()
+
+
+def test_vllm_prefix_stop_cut_unit(answer_policy):
+    """engine=vllm's after-the-fact cut for a stop string starting in a continued request's prefix
+    (vLLM searches only the new text); runs without vLLM."""
+    from reasonzoo.plugins.engine.vllm import cut_prefix_stops
+
+    v = answer_policy.tokenizer.get_vocab()
+    stops = StopStrings(answer_policy.decode, ("</answer>",))
+    gens = [Generation((v[">\n"], v["x"], v["x"]), (-0.1, -0.2, -0.3), FinishReason.LENGTH),  # completes on its first token
+            Generation((v["x"], v["x"]), (-0.1, -0.2), FinishReason.LENGTH),  # prefix without the string's start
+            Generation((v[">\n"],), (-0.1,), FinishReason.LENGTH)]  # completes on the limit: STOP wins
+    out = cut_prefix_stops(gens, [(v["4"], v["</answer"]), (v["4"],), (v["</answer"],)], stops)
+    assert out == [Generation((v[">\n"],), (-0.1,), FinishReason.STOP, ">"), gens[1],
+                   Generation((v[">\n"],), (-0.1,), FinishReason.STOP, ">")]

