@@ -63,6 +63,7 @@ def _app(cfg: DictConfig) -> None:
 
 #: The run directory :func:`main` created for this process (removed if the run fails before using it).
 _created_dir: Path | None = None
+_created_parents: list[Path] = []
 
 
 def _run(train, cfg: DictConfig, run_dir: Path) -> None:
@@ -81,6 +82,11 @@ def _remove_if_unused(run_dir: Path) -> None:
     if _created_dir is None or Path(run_dir).resolve() != _created_dir.resolve() or run_outputs(run_dir):
         return
     shutil.rmtree(run_dir, ignore_errors=True)
+    for parent in _created_parents:  # innermost first: outputs/<date> when this run created it
+        try:
+            parent.rmdir()
+        except OSError:  # not empty (another run's) or gone
+            break
 
 
 def _resume(run_dir: str, extra: list[str]) -> None:
@@ -195,7 +201,10 @@ def _preflight(args: list[str]) -> list[str]:
             check_fresh(chosen, bool(cfgs[0].get("overwrite", False)))
         return []
     hcfg = compose(jobs[0], hydra_config=True).hydra
-    _created_dir = unique_dir(hcfg.sweep.dir if ns.multirun else hcfg.run.dir)
+    target = Path(hcfg.sweep.dir if ns.multirun else hcfg.run.dir)
+    global _created_parents
+    _created_parents = [p for p in target.parents if not p.exists()]  # removed too if left empty
+    _created_dir = unique_dir(target)
     return [f"{key}='{_created_dir}'"]
 
 

@@ -1,0 +1,131 @@
+"""The console entry points: one-line errors with distinct exit codes (issue 8 item 16, issue 9
+item 7), and a plugin listing that imports no heavy library (issue 8 item 17)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from reasonzoo.errors import EXIT_FAILURE, EXIT_USAGE, CheckpointError, RunDirError, report
+from reasonzoo.registry import PluginError, catalogue, plugin_listing
+
+
+def _run(args, cwd, env=None, timeout=180):
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                          env={**os.environ, **(env or {})})
+
+
+def _one_line_error(r, code, text):
+    assert r.returncode == code, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.startswith("reasonzoo:")]
+    assert len(lines) == 1 and text in lines[0], r.stderr
+
+
+def test_train_misspelt_key_without_plus_is_one_line_and_leaves_no_directory(tmp_path):
+    """`reasonzoo-train loss.taus=0.2` answered with Hydra's "+loss.taus" advice and left a directory."""
+    r = _run(["reasonzoo-train", "loss.taus=0.2"], cwd=tmp_path)
+    _one_line_error(r, EXIT_USAGE, "config error: loss.taus: unknown key for plugin loss/k15 (K15LossConfig); allowed keys: tau,")
+    assert list(tmp_path.iterdir()) == []  # no outputs/<date>/<time>
+    r = _run(["reasonzoo-train", "train.minibatch_size=-1", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    _one_line_error(r, EXIT_USAGE, "train.minibatch_size=-1: out of range; allowed: >= 1")
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_command_errors_are_one_line():
+    """`reasonzoo config loss.taus=0.2` and `reasonzoo config sampler=priortized` printed 60-line tracebacks."""
+    r = _run(["reasonzoo", "config", "loss.taus=0.2"], cwd=None)
+    _one_line_error(r, EXIT_USAGE, "loss.taus: unknown key for plugin loss/k15")
+    r = _run(["reasonzoo", "config", "sampler=priortized"], cwd=None)
+    _one_line_error(r, EXIT_USAGE, "sampler=priortized: unknown plugin; available sampler plugins: curriculum, prioritized, uniform")
+
+
+def test_sweep_jobs_are_all_validated(tmp_path):
+    r = _run(["reasonzoo-train", "-m", "sampler=uniform,nope", "seed=1,2"], cwd=tmp_path)
+    _one_line_error(r, EXIT_USAGE, "sampler=nope: unknown plugin")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_plugins_listing_imports_no_torch_and_matches_the_catalogue():
+    code = ("import sys; from reasonzoo.cli import main; rc = main(['plugins']); "
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', rc)")
+    r = _run([sys.executable, "-c", code], cwd=None)
+    assert r.returncode == 0, r.stderr
+    *rows, last = r.stdout.splitlines()
+    assert last == "NO-TORCH 0"
+    listed = sorted((c[0], c[1], c[2], c[3], tuple(f"rz_{h}" for h in c[4].split(",")) if len(c) > 4 else ())
+                    for c in (line.split() for line in rows[1:]))
+    cat = catalogue()
+    expected = sorted((i.hook_point, i.name, i.package, i.version, tuple(i.hooks)) for g in cat.values() for i in g.values())
+    assert listed == expected
+    assert sorted((x.module, x.hooks) for x in plugin_listing()) == sorted(
+        (i.module, tuple(i.hooks)) for g in cat.values() for i in g.values())
+
+
+def test_report_exit_codes(capsys, monkeypatch):
+    monkeypatch.delenv("REASONZOO_DEBUG", raising=False)
+    assert report(PluginError("loss.taus: unknown key")) == EXIT_USAGE
+    assert report(RunDirError("x is in use")) == EXIT_USAGE
+    assert report(CheckpointError("/r/state.pt: truncated")) == EXIT_FAILURE
+    assert report(FileNotFoundError(2, "No such file or directory", "/data/x.jsonl")) == EXIT_FAILURE
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["reasonzoo: config error: loss.taus: unknown key", "reasonzoo: usage error: x is in use",
+                   "reasonzoo: error: /r/state.pt: truncated",
+                   "reasonzoo: error: [Errno 2] No such file or directory: '/data/x.jsonl'"]
+    with pytest.raises(KeyError):  # a bug keeps its traceback
+        report(KeyError("x"))
+    monkeypatch.setenv("REASONZOO_DEBUG", "1")
+    try:
+        raise CheckpointError("/r/state.pt: truncated")
+    except CheckpointError as exc:
+        assert report(exc) == EXIT_FAILURE
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_missing_data_file_is_one_line_run_failure(tmp_path):
+    r = _run(["reasonzoo-train", "task=jsonl", f"task.train_path={tmp_path}/missing.jsonl", "warmup=none", "logger=none"],
+             cwd=tmp_path)
+    _one_line_error(r, EXIT_FAILURE, "missing.jsonl")
+    assert list(tmp_path.iterdir()) == []  # the run directory it created was removed again
+
+
+def _fake_run(run_dir, tiny_policy, overrides):
+    """A run directory with a saved config and one checkpoint (as a killed run leaves it)."""
+    from omegaconf import OmegaConf
+
+    from reasonzoo.checkpoint import save_checkpoint
+    from reasonzoo.train import compose
+    from reasonzoo.trainer import CONFIG_FILE
+
+    run_dir.mkdir()
+    (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(compose(overrides)))
+    opt = torch.optim.AdamW(tiny_policy.model.parameters())
+    state = {"iteration": 1, "policy_version": 1, "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
+             "plugins": {}}
+    return save_checkpoint(run_dir, 1, tiny_policy, state)
+
+
+def test_corrupt_checkpoint_names_the_file_without_traceback(tmp_path, tiny_policy, tiny_overrides):
+    """A corrupt checkpoint gave a deep traceback naming no file."""
+    ckpt = _fake_run(tmp_path / "run", tiny_policy, tiny_overrides)
+    state = ckpt / "state.pt"
+    state.write_bytes(state.read_bytes()[:100])  # truncated
+    r = _run(["reasonzoo-train", f"resume={tmp_path / 'run'}"], cwd=tmp_path)
+    _one_line_error(r, EXIT_FAILURE, f"{state}: truncated or corrupt checkpoint state")
+    r = _run(["reasonzoo-train", f"resume={tmp_path / 'run'}"], cwd=tmp_path, env={"REASONZOO_DEBUG": "1"})
+    assert r.returncode == EXIT_FAILURE and "Traceback" in r.stderr
+
+
+def test_non_utf8_saved_config_names_the_file(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "reasonzoo_config.yaml").write_bytes(b"seed: 0\nname: \xff\xfe\n")
+    r = _run(["reasonzoo-train", f"resume={run}"], cwd=tmp_path)
+    _one_line_error(r, EXIT_FAILURE, f"{run / 'reasonzoo_config.yaml'}: not UTF-8 text")
+
+
+def test_resume_of_a_non_run_is_a_usage_error(tmp_path):
+    r = _run(["reasonzoo-train", f"resume={tmp_path}"], cwd=tmp_path)
+    _one_line_error(r, EXIT_USAGE, "not a reasonzoo run directory")
