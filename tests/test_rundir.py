@@ -1,0 +1,118 @@
+"""Run directories (issue 9 items 1-3): unique by default, locked by the live run, never changed by
+a run whose set-up fails or that would clobber a finished or resumable run, and a finished run
+resumed is reported complete with nothing changed."""
+import hashlib
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from reasonzoo.checkpoint import save_checkpoint
+from reasonzoo.errors import RunDirError
+from reasonzoo.rundir import RunLock, remove_stale_temporaries, unique_dir
+from reasonzoo.train import compose
+from reasonzoo.trainer import CONFIG_FILE, train
+
+
+def _digest(run_dir):
+    """{relative path: sha1} of every file under run_dir (what 'nothing changed' compares)."""
+    out = {}
+    for p in sorted(run_dir.rglob("*")):
+        if p.is_file() and p.name != ".reasonzoo.lock":
+            out[str(p.relative_to(run_dir))] = (hashlib.sha1(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+    return out
+
+
+def _dead_pid():
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_default_directories_are_unique_within_one_second(tmp_path, monkeypatch):
+    """Two runs started in the same second got the same outputs/<date>/<time>."""
+    assert unique_dir(tmp_path / "a" / "12-00-00") == tmp_path / "a" / "12-00-00"
+    assert unique_dir(tmp_path / "a" / "12-00-00") == tmp_path / "a" / "12-00-00-1"
+    assert unique_dir(tmp_path / "a" / "12-00-00") == tmp_path / "a" / "12-00-00-2"
+    from reasonzoo import train as train_mod
+
+    monkeypatch.chdir(tmp_path)
+    first = train_mod._preflight(["logger=none"])
+    second = train_mod._preflight(["logger=none"])
+    assert first != second and all(a.startswith("hydra.run.dir=") for a in first + second)
+    assert len({p for p in (tmp_path / "outputs").glob("*/*")}) == 2
+
+
+def test_a_live_run_directory_is_refused(tmp_path, tiny_overrides):
+    """A second run into a directory where a run is live silently replaced its metrics."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"iteration": 0}\n')
+    before = _digest(run)
+    with RunLock(run):
+        with pytest.raises(RunDirError, match=rf"{run} is in use by a live run \(pid {os.getpid()}"):
+            train(compose(tiny_overrides + [f"resume={run}"]), run)
+    assert _digest(run) == before
+
+
+def test_checkpoint_cleanup_touches_only_its_own_temporaries(tmp_path, tiny_policy):
+    """One run's checkpoint clean-up deleted the other's in-progress .tmp-iter_*."""
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        ckpts = tmp_path / "checkpoints"
+        (ckpts / f".tmp-iter_000007-{live.pid}").mkdir(parents=True)
+        (ckpts / f".tmp-iter_000003-{_dead_pid()}").mkdir()
+        state = {"iteration": 1}
+        save_checkpoint(tmp_path, 1, tiny_policy, state)
+        assert (ckpts / f".tmp-iter_000007-{live.pid}").is_dir()  # another writer's: untouched
+        removed = remove_stale_temporaries(tmp_path)  # at lock time: only dead writers' go
+        assert len(removed) == 1 and removed[0].name.startswith(".tmp-iter_000003-")
+        assert (ckpts / f".tmp-iter_000007-{live.pid}").is_dir()
+    finally:
+        live.kill()
+        live.wait()
+
+
+def _held_run(run, tiny_policy, overrides):
+    run.mkdir()
+    (run / CONFIG_FILE).write_text(OmegaConf.to_yaml(compose(overrides)))
+    (run / "metrics.jsonl").write_text('{"iteration": 0, "eval/accuracy": 0.5}\n{"iteration": 1}\n')
+    opt = torch.optim.AdamW(tiny_policy.model.parameters())
+    save_checkpoint(run, 1, tiny_policy, {"iteration": 1, "policy_version": 1, "optimizer": opt.state_dict(),
+                                          "torch_rng": torch.get_rng_state(), "plugins": {}})
+
+
+def test_fresh_run_into_a_held_directory_changes_nothing(tmp_path, tiny_policy, tiny_overrides):
+    """A fresh run deleted the old metrics and rewrote its config before reading its data file."""
+    run = tmp_path / "run"
+    _held_run(run, tiny_policy, tiny_overrides)
+    before = _digest(run)
+    with pytest.raises(RunDirError, match=rf"{run} holds a resumable run .*resume={run}.*overwrite=true"):
+        train(compose(tiny_overrides), run)
+    assert _digest(run) == before
+    bad = [o for o in tiny_overrides if not o.startswith("task.")] + ["task=jsonl", f"task.train_path={tmp_path}/missing.jsonl", "overwrite=true"]
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        train(compose(bad), run)  # set-up fails: the old run must survive even with overwrite=true
+    assert _digest(run) == before
+
+
+def test_resume_of_a_finished_run_changes_nothing_and_overwrite_replaces(tmp_path, tiny_overrides, capsys):
+    """resume=<a finished run> re-ran the final evaluation and rewrote summary.json."""
+    run = tmp_path / "run"
+    fast = [o for o in tiny_overrides if not o.startswith("warmup.")] + [
+        "iterations=1", "eval.every=0", "eval.before=false", "warmup=none"]
+    first = train(compose(fast), run)
+    before = _digest(run)
+    again = train(compose(fast + [f"resume={run}"]), run)
+    assert again == first and _digest(run) == before
+    assert f"{run} is complete" in capsys.readouterr().err
+    with pytest.raises(RunDirError, match=rf"{run} holds a finished run"):
+        train(compose(fast), run)
+    assert _digest(run) == before
+    train(compose(fast + ["overwrite=true", "seed=1"]), run)  # explicit: replaced
+    assert OmegaConf.load(run / CONFIG_FILE).seed == 1
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and lines[0].startswith('{"iteration": 0')  # the new run's only
