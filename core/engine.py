@@ -53,7 +53,8 @@ class StopStrings:
 
     def __init__(self, decode, strings: Sequence[str]):
         if not strings or any(not s for s in strings):
-            raise ValueError(f"stop strings {tuple(strings)!r}: need at least one, and no empty string")
+            raise ValueError(f"SamplingParams.stop_strings={tuple(strings)!r}: needs at least one string and no empty "
+                             "one (an empty string would stop every row at its first token)")
         self.decode, self.strings = decode, tuple(strings)
         self.longest = max(len(s) for s in self.strings)
 

@@ -148,7 +148,7 @@ def test_stop_strings_unit(answer_policy):
     long = StopStrings(answer_policy.decode, ("0123456789",))
     digits = [v[c] for c in "990123456789"]
     assert [long.fires(digits[:n]) for n in range(1, 13)] == [False] * 11 + [True]
-    with pytest.raises(ValueError, match="no empty string"):
+    with pytest.raises(ValueError, match=r"SamplingParams.stop_strings=\(''\,\): needs at least one string and no empty"):
         StopStrings(answer_policy.decode, ("",))
 
 
