@@ -17,6 +17,29 @@ def _run(args, cwd, env=None, timeout=180):
                           env={**os.environ, **(env or {})})
 
 
+class _Result:
+    def __init__(self, returncode, stderr):
+        self.returncode, self.stderr = returncode, stderr
+
+
+def _train_main(args, cwd, monkeypatch, capsys, env=None):
+    """``reasonzoo-train <args>`` in this process (no interpreter start-up): exit code and stderr."""
+    from reasonzoo import train as train_mod
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["reasonzoo-train", *args])
+    monkeypatch.setattr(train_mod, "_created_dir", None)
+    for k, v in (env or {}).items():
+        monkeypatch.setenv(k, v)
+    capsys.readouterr()
+    try:
+        train_mod.main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    return _Result(code, capsys.readouterr().err)
+
+
 def _one_line_error(r, code, text):
     assert r.returncode == code, (r.returncode, r.stderr)
     assert "Traceback" not in r.stderr, r.stderr
@@ -24,26 +47,33 @@ def _one_line_error(r, code, text):
     assert len(lines) == 1 and text in lines[0], r.stderr
 
 
-def test_train_misspelt_key_without_plus_is_one_line_and_leaves_no_directory(tmp_path):
+def test_train_misspelt_key_without_plus_is_one_line_and_leaves_no_directory(tmp_path, monkeypatch, capsys):
     """`reasonzoo-train loss.taus=0.2` answered with Hydra's "+loss.taus" advice and left a directory."""
-    r = _run(["reasonzoo-train", "loss.taus=0.2"], cwd=tmp_path)
+    r = _run(["reasonzoo-train", "loss.taus=0.2"], cwd=tmp_path)  # the installed console script
     _one_line_error(r, EXIT_USAGE, "config error: loss.taus: unknown key for plugin loss/k15 (K15LossConfig); allowed keys: tau,")
     assert list(tmp_path.iterdir()) == []  # no outputs/<date>/<time>
-    r = _run(["reasonzoo-train", "train.minibatch_size=-1", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    r = _train_main(["train.minibatch_size=-1", f"hydra.run.dir={tmp_path}/run"], tmp_path, monkeypatch, capsys)
     _one_line_error(r, EXIT_USAGE, "train.minibatch_size=-1: out of range; allowed: >= 1")
     assert not (tmp_path / "run").exists()
 
 
-def test_config_command_errors_are_one_line():
+def _cli_main(args, capsys):
+    from reasonzoo.cli import main
+
+    capsys.readouterr()
+    return _Result(main(args), capsys.readouterr().err)
+
+
+def test_config_command_errors_are_one_line(capsys):
     """`reasonzoo config loss.taus=0.2` and `reasonzoo config sampler=priortized` printed 60-line tracebacks."""
-    r = _run(["reasonzoo", "config", "loss.taus=0.2"], cwd=None)
+    r = _cli_main(["config", "loss.taus=0.2"], capsys)
     _one_line_error(r, EXIT_USAGE, "loss.taus: unknown key for plugin loss/k15")
-    r = _run(["reasonzoo", "config", "sampler=priortized"], cwd=None)
+    r = _cli_main(["config", "sampler=priortized"], capsys)
     _one_line_error(r, EXIT_USAGE, "sampler=priortized: unknown plugin; available sampler plugins: curriculum, prioritized, uniform")
 
 
-def test_sweep_jobs_are_all_validated(tmp_path):
-    r = _run(["reasonzoo-train", "-m", "sampler=uniform,nope", "seed=1,2"], cwd=tmp_path)
+def test_sweep_jobs_are_all_validated(tmp_path, monkeypatch, capsys):
+    r = _train_main(["-m", "sampler=uniform,nope", "seed=1,2"], tmp_path, monkeypatch, capsys)
     _one_line_error(r, EXIT_USAGE, "sampler=nope: unknown plugin")
     assert list(tmp_path.iterdir()) == []
 
@@ -86,7 +116,7 @@ def test_report_exit_codes(capsys, monkeypatch):
 
 def test_missing_data_file_is_one_line_run_failure(tmp_path):
     r = _run(["reasonzoo-train", "task=jsonl", f"task.train_path={tmp_path}/missing.jsonl", "warmup=none", "logger=none"],
-             cwd=tmp_path)
+             cwd=tmp_path)  # a real process: Hydra runs, creates the directory, the failure removes it
     _one_line_error(r, EXIT_FAILURE, "missing.jsonl")
     assert list(tmp_path.iterdir()) == []  # the run directory it created was removed again
 
@@ -107,25 +137,31 @@ def _fake_run(run_dir, tiny_policy, overrides):
     return save_checkpoint(run_dir, 1, tiny_policy, state)
 
 
-def test_corrupt_checkpoint_names_the_file_without_traceback(tmp_path, tiny_policy, tiny_overrides):
+def test_corrupt_checkpoint_names_the_file_without_traceback(tmp_path, tiny_policy, tiny_overrides, monkeypatch, capsys):
     """A corrupt checkpoint gave a deep traceback naming no file."""
     ckpt = _fake_run(tmp_path / "run", tiny_policy, tiny_overrides)
     state = ckpt / "state.pt"
     state.write_bytes(state.read_bytes()[:100])  # truncated
-    r = _run(["reasonzoo-train", f"resume={tmp_path / 'run'}"], cwd=tmp_path)
+    r = _train_main([f"resume={tmp_path / 'run'}"], tmp_path, monkeypatch, capsys)
     _one_line_error(r, EXIT_FAILURE, f"{state}: truncated or corrupt checkpoint state")
-    r = _run(["reasonzoo-train", f"resume={tmp_path / 'run'}"], cwd=tmp_path, env={"REASONZOO_DEBUG": "1"})
+    r = _train_main([f"resume={tmp_path / 'run'}"], tmp_path, monkeypatch, capsys, env={"REASONZOO_DEBUG": "1"})
     assert r.returncode == EXIT_FAILURE and "Traceback" in r.stderr
+    weights = ckpt / "model" / "model.safetensors"
+    from reasonzoo.checkpoint import load_model_weights
+
+    weights.write_bytes(weights.read_bytes()[:64])
+    with pytest.raises(CheckpointError, match=rf"{weights}: truncated or corrupt weights"):
+        load_model_weights(ckpt / "model")
 
 
-def test_non_utf8_saved_config_names_the_file(tmp_path):
+def test_non_utf8_saved_config_names_the_file(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     run.mkdir()
     (run / "reasonzoo_config.yaml").write_bytes(b"seed: 0\nname: \xff\xfe\n")
-    r = _run(["reasonzoo-train", f"resume={run}"], cwd=tmp_path)
+    r = _train_main([f"resume={run}"], tmp_path, monkeypatch, capsys)
     _one_line_error(r, EXIT_FAILURE, f"{run / 'reasonzoo_config.yaml'}: not UTF-8 text")
 
 
-def test_resume_of_a_non_run_is_a_usage_error(tmp_path):
-    r = _run(["reasonzoo-train", f"resume={tmp_path}"], cwd=tmp_path)
+def test_resume_of_a_non_run_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    r = _train_main([f"resume={tmp_path}"], tmp_path, monkeypatch, capsys)
     _one_line_error(r, EXIT_USAGE, "not a reasonzoo run directory")
