@@ -54,3 +54,15 @@ def test_recipe_runs_and_moves_the_policy(tmp_path, tiny_overrides, run_metrics,
     start = AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoints" / "iter_000001" / "model")
     final = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
     assert any(not torch.equal(a, b) for a, b in zip(start.parameters(), final.parameters()))
+
+
+@pytest.mark.slow  # three processes, ~1 min on a loaded box; the state round trip is in test_losses_pg.py
+def test_resume_keeps_the_frozen_reference(tiny_overrides, kill_and_resume, run_metrics):
+    """A run killed after iteration 1 and resumed ends exactly where the uninterrupted run ends:
+    the KL reference comes from the checkpoint, not from the weights at resume (with one optimizer
+    step per iteration those would give the next iteration a KL of exactly 0)."""
+    args = tiny_overrides + WARM + ["recipe=grpo", "train.minibatch_size=64", "iterations=4"]
+    ref, killed = kill_and_resume(args, after=1)
+    recs = run_metrics(ref)
+    assert all(r["loss/kl"] > 0 for r in recs[2:])
+    assert run_metrics(killed) == recs
