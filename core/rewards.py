@@ -33,7 +33,9 @@ them). Workers are plain ``python -c`` subprocesses talking over a socket pair, 
 without re-importing the caller's ``__main__`` (as multiprocessing's spawn would) and without
 torch: this module imports nothing heavy at module level, so a worker starts in a fraction of a
 second. The deadline of a call counts from the worker's acknowledgement that it has loaded the
-call, so a worker's start-up never eats into it.
+call, so a worker's start-up never eats into it. A worker also caps its own CPU time per call
+(``RLIMIT_CPU`` at 2 x the deadline + 5 s), so a runaway call cannot outlive a parent that was
+killed before it could kill the worker.
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ import logging
 import os
 import pickle
 import re
+import resource
 import subprocess
 import sys
 import threading
@@ -198,10 +201,15 @@ def _worker_main(fd: int, preload: Sequence[str] = ()) -> None:
         except (EOFError, OSError):
             return
         try:
-            fn, args = pickle.loads(data)
+            fn, args, timeout_s = pickle.loads(data)
         except BaseException as exc:  # noqa: BLE001 - a bad call is answered, never fatal
             conn.send((ERROR, f"cannot load the call: {exc!r}"))
             continue
+        # a backstop for when no parent is left to kill us: SIGXCPU after 2 x timeout_s + 5 s of CPU
+        used = resource.getrusage(resource.RUSAGE_SELF)
+        _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+        soft = int(used.ru_utime + used.ru_stime + 2 * timeout_s + 5)
+        resource.setrlimit(resource.RLIMIT_CPU, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
         conn.send(("start", None))
         try:
             res: tuple = (OK, fn(*args))
@@ -292,7 +300,7 @@ class WorkerPool:
                     if w.job is None and pending:
                         i = pending.popleft()
                         try:
-                            payload = pickle.dumps(calls[i])
+                            payload = pickle.dumps((*calls[i], timeout_s))
                         except Exception as exc:  # noqa: BLE001
                             results[i] = Outcome(ERROR, error=f"cannot send the call: {exc!r}")
                             continue
