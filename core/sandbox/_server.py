@@ -130,6 +130,7 @@ class Server:
         return facts, bytes(cap.stdout), bytes(cap.stderr)
 
     def _child(self, step: dict, in_fd: int, out_w: int, err_w: int, st_w: int) -> None:
+        hard_exit = os._exit  # bound before the program runs: it may replace os._exit
         try:
             for ctrl in ("memory", "pids"):
                 self._cg_write(ctrl, "cgroup.procs", "0")
@@ -159,7 +160,10 @@ class Server:
             finally:
                 os._exit(SETUP_FAILED)
         if inprocess:
-            _run_python(os.path.join(RUN_DIR, step["file"]))
+            try:
+                _run_python(os.path.join(RUN_DIR, step["file"]))
+            finally:
+                hard_exit(SETUP_FAILED)  # not reached: _run_python ends the process itself
         try:
             os.execve(step["argv"][0], step["argv"], CHILD_ENV)
         except OSError as exc:
@@ -195,8 +199,7 @@ class Server:
             survived = status != 0 or not _reap_all(deadline=time.monotonic() + 2.0)
         if wipe:
             try:
-                _wipe_contents(RUN_DIR)
-                os.rmdir(RUN_DIR)
+                procio.remove_tree(RUN_DIR)  # any depth, any permissions the program set
             except OSError:
                 return True
         return survived
@@ -215,57 +218,55 @@ def _reap_all(deadline: float | None) -> bool:
             time.sleep(0.001)
 
 
-def _wipe_contents(path: str) -> None:
-    """Remove everything inside ``path``, restoring directory permissions the program removed."""
-    for entry in os.scandir(path):
-        if entry.is_dir(follow_symlinks=False):
-            os.chmod(entry.path, 0o700)
-            _wipe_contents(entry.path)
-            os.rmdir(entry.path)
-        else:
-            os.unlink(entry.path)
-
-
 def _run_python(path: str) -> None:
-    """Execute a Python program in this forked interpreter like ``python -I -S path``; never returns."""
-    sys.stdin = sys.__stdin__ = io.TextIOWrapper(io.open(0, "rb", closefd=False), encoding="utf-8")
-    own_out = io.TextIOWrapper(io.open(1, "wb", closefd=False), encoding="utf-8")
-    own_err = io.TextIOWrapper(io.open(2, "wb", closefd=False), encoding="utf-8",
-                               errors="backslashreplace", line_buffering=True)
-    sys.stdout = sys.__stdout__ = own_out
-    sys.stderr = sys.__stderr__ = own_err
-    if "random" in sys.modules:  # forked children must not share the server's random state
-        sys.modules["random"].seed()
-    main = types.ModuleType("__main__")
-    main.__file__ = path
-    main.__builtins__ = builtins
-    sys.modules["__main__"] = main
-    sys.argv = [path]
-    sys.path[0] = os.path.dirname(path)
-    gc.enable()
-    code = 0
+    """Execute a Python program in this forked interpreter like ``python -I -S path``; never returns.
+
+    The program shares this interpreter: it may replace ``os._exit``, the helpers below, the
+    streams. The exit is therefore bound to a local before the program runs and called from a
+    ``finally`` clause, so whatever the program patched or raised, the process ends here and never
+    falls through into server code."""
+    hard_exit = os._exit
+    code = 1
     try:
-        with open(path, "rb") as f:
-            source = f.read()
-        exec(compile(source, path, "exec", dont_inherit=True), main.__dict__)  # noqa: S102
-    except SystemExit as exc:
-        code = _exit_code(exc.code)
-    except BaseException as exc:  # noqa: BLE001 - mimic the interpreter's top level
-        code = 1
-        _print_exception(exc)
-    try:
-        if "threading" in sys.modules:
-            sys.modules["threading"]._shutdown()
-        import atexit
-        atexit._run_exitfuncs()
-    except BaseException as exc:  # noqa: BLE001
-        _print_exception(exc)
-    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__, own_out, own_err):
+        sys.stdin = sys.__stdin__ = io.TextIOWrapper(io.open(0, "rb", closefd=False), encoding="utf-8")
+        own_out = io.TextIOWrapper(io.open(1, "wb", closefd=False), encoding="utf-8")
+        own_err = io.TextIOWrapper(io.open(2, "wb", closefd=False), encoding="utf-8",
+                                   errors="backslashreplace", line_buffering=True)
+        sys.stdout = sys.__stdout__ = own_out
+        sys.stderr = sys.__stderr__ = own_err
+        if "random" in sys.modules:  # forked children must not share the server's random state
+            sys.modules["random"].seed()
+        main = types.ModuleType("__main__")
+        main.__file__ = path
+        main.__builtins__ = builtins
+        sys.modules["__main__"] = main
+        sys.argv = [path]
+        sys.path[0] = os.path.dirname(path)
+        gc.enable()
+        code = 0
         try:
-            stream.flush()
-        except BaseException:  # noqa: BLE001 - the program may have closed or replaced it
-            code = code or 120
-    os._exit(code)
+            with open(path, "rb") as f:
+                source = f.read()
+            exec(compile(source, path, "exec", dont_inherit=True), main.__dict__)  # noqa: S102
+        except SystemExit as exc:
+            code = _exit_code(exc.code)
+        except BaseException as exc:  # noqa: BLE001 - mimic the interpreter's top level
+            code = 1
+            _print_exception(exc)
+        try:
+            if "threading" in sys.modules:
+                sys.modules["threading"]._shutdown()
+            import atexit
+            atexit._run_exitfuncs()
+        except BaseException as exc:  # noqa: BLE001
+            _print_exception(exc)
+        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__, own_out, own_err):
+            try:
+                stream.flush()
+            except BaseException:  # noqa: BLE001 - the program may have closed or replaced it
+                code = code or 120
+    finally:
+        hard_exit(code)
 
 
 def _exit_code(value) -> int:

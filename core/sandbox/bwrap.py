@@ -15,7 +15,6 @@ run (~30-70 ms).
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import threading
 
@@ -58,9 +57,10 @@ class ScratchRoot:
         return path
 
     def close(self) -> None:
+        """Remove the pool's scratch root and anything left in it (any depth)."""
         with self._lock:
             if self.path is not None:
-                shutil.rmtree(self.path, ignore_errors=True)
+                procio.remove_tree(self.path)
                 self.path = None
 
 
@@ -155,7 +155,7 @@ class BwrapWorker:
                 return sandbox_error(err.decode("utf-8", "replace"), self.name)
             return make_result(facts, out, err, limits, self.name)
         finally:
-            shutil.rmtree(run_dir, ignore_errors=True)
+            procio.remove_tree(run_dir)  # any depth: shutil.rmtree recursed past Python's limit
 
     def close(self) -> None:
         if self.cgroups:

@@ -17,6 +17,7 @@ import os
 import resource
 import selectors
 import signal
+import stat
 import time
 from dataclasses import dataclass, field
 
@@ -185,3 +186,57 @@ def kill_quietly(pid: int, sig: int = signal.SIGKILL) -> None:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
+
+
+def remove_tree(path: str) -> None:
+    """Remove ``path`` and everything under it, however deep the program made it, without
+    recursion and with two directory fds open at a time: every directory below the top is first
+    moved up to be a direct child of the top (a fresh name), then emptied; directory permissions
+    the program removed are restored first. Only for trees no process is still writing to.
+    Raises ``OSError`` if something cannot be removed; a missing ``path`` is not an error."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(path)
+        return
+    os.chmod(path, 0o700)
+    top = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        pending: list[str | None] = [None]  # None: the top itself; names: its direct children
+        flat: list[str] = []
+        serial = 0
+        while pending:
+            name = pending.pop()
+            if name is None:
+                fd = os.dup(top)
+            else:
+                os.chmod(name, 0o700, dir_fd=top)
+                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=top)
+                flat.append(name)
+            try:
+                with os.scandir(fd) as it:
+                    entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+                for entry, is_dir in entries:
+                    if not is_dir:
+                        os.unlink(entry, dir_fd=fd)
+                    elif name is None:
+                        pending.append(entry)  # already a direct child of the top
+                    else:
+                        while True:  # a name not taken in the top
+                            serial += 1
+                            new = f".rz-flat-{serial}"
+                            try:
+                                os.lstat(new, dir_fd=top)
+                            except FileNotFoundError:
+                                break
+                        os.rename(entry, new, src_dir_fd=fd, dst_dir_fd=top)
+                        pending.append(new)
+            finally:
+                os.close(fd)
+        for name in flat:
+            os.rmdir(name, dir_fd=top)
+    finally:
+        os.close(top)
+    os.rmdir(path)

@@ -11,7 +11,6 @@ setsid'd grandchild escapes the kill). The pool refuses this backend unless
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 
 from . import procio
@@ -58,7 +57,7 @@ class UnsafeWorker:
                                          stdin.encode(), limits, lang.address_space_limit)
             return make_result(facts, out, err, limits, self.name)
         finally:
-            shutil.rmtree(run_dir, ignore_errors=True)
+            procio.remove_tree(run_dir)
 
     def close(self) -> None:
         pass
