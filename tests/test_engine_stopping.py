@@ -226,3 +226,24 @@ def test_vllm_prefix_stop_cut_unit(answer_policy):
     out = cut_prefix_stops(gens, [(v["4"], v["</answer"]), (v["4"],), (v["</answer"],)], stops)
     assert out == [Generation((v[">\n"],), (-0.1,), FinishReason.STOP, ">"), gens[1],
                    Generation((v[">\n"],), (-0.1,), FinishReason.STOP, ">")]
+
+
+def test_partial_rollout_text_cut_at_stop_string_across_segments(answer_policy, make_ctx):
+    """rollout=partial: a stop string that starts in one iteration's segment and is completed (inside
+    a token) in the next stops the response and its rollout text is cut right after it, as a single
+    engine call's is."""
+    from reasonzoo.plugins.rollout.partial import Partial, PartialConfig
+
+    policy = answer_policy
+    ctx = make_ctx(policy=policy)
+    eng = TorchEngine(TorchEngineConfig(), policy)
+    part = Partial(PartialConfig(segment_tokens=2))
+    params = SamplingParams(**GREEDY, stop_strings=("</answer>",))
+    prob = Problem(uid="q", prompt="q", answer="4")
+    first = part.rz_rollout(ctx=ctx, problems=[prob], engine=eng, samples_per_problem=1, sampling=params)
+    assert first == []  # "4</answer" so far: carried over
+    ctx.iteration, ctx.policy_version = 2, 1
+    (group,) = part.rz_rollout(ctx=ctx, problems=[], engine=eng, samples_per_problem=1, sampling=params)
+    (r,) = group.rollouts
+    assert policy.tokenizer.convert_ids_to_tokens(list(r.response_ids)) == ["4", "</answer", ">\n"]
+    assert r.finish_reason is FinishReason.STOP and r.text == "4</answer>"

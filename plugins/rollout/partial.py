@@ -37,6 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from reasonzoo import hookimpl, plugin
+from reasonzoo.engine import StopStrings
 from reasonzoo.types import FinishReason, GenerationRequest, Rollout, RolloutGroup, Segment
 
 KEY = "rollout/partial"
@@ -110,7 +111,7 @@ class Partial:
                 r.reason = FinishReason.LENGTH
         done = [g for g in self.buffer if all(r.reason is not FinishReason.PENDING for r in g["responses"])]
         self.buffer = [g for g in self.buffer if any(r.reason is FinishReason.PENDING for r in g["responses"])]
-        groups = [self._group(ctx, g) for g in done]
+        groups = [self._group(ctx, g, sampling) for g in done]
         self.metrics = self._metrics(ctx, work, gens, groups, skipped)
         return groups
 
@@ -130,11 +131,18 @@ class Partial:
                 gens[i] = out
         return gens
 
-    def _group(self, ctx, g) -> RolloutGroup:
+    def _group(self, ctx, g, sampling) -> RolloutGroup:
+        """A finished group's rollouts; a response stopped by a stop string has its text cut right
+        after the string (as the engines cut a single-call response)."""
         p, ids = g["problem"], g["prompt_ids"]
+        stops = StopStrings(ctx.policy.decode, sampling.stop_strings) if sampling.stop_strings else None
+
+        def text(r) -> str:
+            cut = stops.cut(r.tokens) if stops is not None and r.reason is FinishReason.STOP else None
+            return ctx.policy.decode(r.tokens) if cut is None else cut
+
         return RolloutGroup(p, tuple(
-            Rollout(p, ids, tuple(r.tokens), tuple(r.logprobs), r.reason, tuple(Segment(*s) for s in r.segments),
-                    ctx.policy.decode(r.tokens))
+            Rollout(p, ids, tuple(r.tokens), tuple(r.logprobs), r.reason, tuple(Segment(*s) for s in r.segments), text(r))
             for r in g["responses"]))
 
     def _metrics(self, ctx, work, gens, groups, skipped) -> dict[str, float]:
