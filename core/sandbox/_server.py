@@ -171,15 +171,21 @@ class Server:
         os._exit(127)
 
     def _sweep(self, wipe: bool) -> bool:
-        """Make sure no process of the run is left, and (if ``wipe``) remove the run directory.
+        """Make sure no process and no System V IPC object of the run is left, and (if ``wipe``)
+        remove the run directory.
 
         The server is a child subreaper, so every descendant of a run is either reparented to it
         or has a living parent that is. If the server has no child left, nothing is left. Otherwise
         a helper that switched to the worker uid sends ``kill(-1, SIGKILL)``, which reaches exactly
         the processes of that uid (a setsid'd daemon included), and the server reaps them all.
-        Returns True if something survived or could not be removed (the server must restart)."""
+        Shared memory segments, message queues and semaphore sets live in the server's IPC
+        namespace, which every run of this worker shares: the same helper removes every one
+        (``IPC_RMID``; the worker uid created them, so it may), so none outlives its run (its data
+        and its memory charge included). Returns True if something survived or could not be
+        removed (the server must restart; its namespaces go with it)."""
         survived = False
-        if not _reap_all(deadline=None):
+        stray = _ipc_objects()
+        if not _reap_all(deadline=None) or stray:
             helper = os.fork()
             if helper == 0:
                 code = 0
@@ -192,17 +198,32 @@ class Server:
                             os.kill(-1, signal.SIGKILL)
                         except ProcessLookupError:
                             break
+                    procio.remove_ipc(stray)
                 except BaseException:  # noqa: BLE001 - reported through the exit code
                     code = 1
                 os._exit(code)
             _, status = os.waitpid(helper, 0)
-            survived = status != 0 or not _reap_all(deadline=time.monotonic() + 2.0)
+            survived = status != 0 or not _reap_all(deadline=time.monotonic() + 2.0) or bool(_ipc_objects())
         if wipe:
             try:
                 procio.remove_tree(RUN_DIR)  # any depth, any permissions the program set
             except OSError:
                 return True
         return survived
+
+
+def _ipc_objects() -> dict[str, list[int]]:
+    """Ids of the System V IPC objects in this IPC namespace, by kind (``shm``, ``msg``, ``sem``)."""
+    found = {}
+    for kind in ("shm", "msg", "sem"):
+        try:
+            with open(f"/proc/sysvipc/{kind}") as f:
+                ids = [int(line.split()[1]) for line in f.read().splitlines()[1:] if line.strip()]
+        except (OSError, ValueError, IndexError):
+            continue
+        if ids:
+            found[kind] = ids
+    return found
 
 
 def _reap_all(deadline: float | None) -> bool:

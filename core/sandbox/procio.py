@@ -12,6 +12,7 @@ sandbox. Linux only (pidfd_open needs Linux 5.3).
 from __future__ import annotations
 
 import ctypes
+import errno
 import math
 import os
 import resource
@@ -58,6 +59,23 @@ class PreparedFilter:
         if _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(self._prog), 0, 0) != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"loading seccomp filter: {os.strerror(err)}")
+
+
+IPC_RMID = 0
+
+
+def remove_ipc(objects: dict[str, list[int]]) -> None:
+    """Remove System V IPC objects (``{"shm"|"msg"|"sem": [id, ...]}``) with ``IPC_RMID``; the
+    caller must own or have created them. Raises ``OSError`` for one that could not be removed
+    (other than one already gone)."""
+    calls = {"shm": lambda i: _libc.shmctl(i, IPC_RMID, None), "msg": lambda i: _libc.msgctl(i, IPC_RMID, None),
+             "sem": lambda i: _libc.semctl(i, 0, IPC_RMID)}
+    for kind, ids in objects.items():
+        for ident in ids:
+            if calls[kind](ident) != 0:
+                err = ctypes.get_errno()
+                if err not in (errno.EINVAL, errno.EIDRM):
+                    raise OSError(err, f"removing {kind} {ident}: {os.strerror(err)}")
 
 
 def rlimit_table(limits: dict, address_space: bool) -> list[tuple[int, str, int, int]]:

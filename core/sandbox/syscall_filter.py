@@ -6,7 +6,7 @@ and handed to bubblewrap (``bwrap --seccomp FD``).
 
 Policy: default allow, plus a deny list that returns EPERM for calls that only serve to escape or
 attack the kernel/host (namespaces, mounts, ptrace, kernel modules, keyrings, BPF, perf, io_uring,
-userfaultfd, clock setting, reboot, ...), every ``socket()`` whose family is not AF_UNIX, and
+userfaultfd, clock setting, reboot, POSIX message queues, ...), every ``socket()`` whose family is not AF_UNIX, and
 ``clone()`` with any CLONE_NEW* flag. ``clone3`` returns ENOSYS so libc falls back to ``clone``, whose
 flags a filter can inspect. System calls of a foreign architecture (e.g. i386 ``int 0x80`` on
 x86_64) kill the process: that is libseccomp's default bad-architecture action.
@@ -46,6 +46,9 @@ DENIED = (
     "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load", "reboot",
     "swapon", "swapoff", "acct", "settimeofday", "clock_settime", "clock_adjtime", "adjtimex",
     "sethostname", "setdomainname",
+    # POSIX message queues: they live in the IPC namespace, which a fork server's runs share, and
+    # cannot be listed (to be removed after a run) without mounting mqueue
+    "mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr",
 )
 """System calls answered with EPERM. Names unknown to this kernel's libseccomp are skipped."""
 
