@@ -66,8 +66,11 @@ def save_checkpoint(run_dir: Path, iteration: int, policy: Any, state: dict[str,
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
-    except BaseException:  # a full or read-only disk, a signal: the previous checkpoint stays the latest
+    except BaseException as exc:  # a full or read-only disk, a signal: the previous checkpoint stays the latest
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and not exc.filename:  # name the path (ENOSPC from a write names none)
+            raise OSError(exc.errno, f"{exc.strerror or exc} (writing checkpoint {name}; the previous one is kept)",
+                          str(tmp)) from exc
         raise
     final = root / name
     if final.exists():  # re-written after a resume from an earlier checkpoint

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             return eval_main(argv[1:])
-        except Exception as exc:
+        except (Exception, KeyboardInterrupt) as exc:
             return report(exc)
     p = argparse.ArgumentParser(prog="reasonzoo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "hooks":
             return _hooks()
         return _config(args.overrides)
-    except Exception as exc:  # known errors: one line and an exit code; unknown ones keep their traceback
+    except (Exception, KeyboardInterrupt) as exc:  # known errors: one line and an exit code; unknown ones keep their traceback
         return report(exc)
 
 

@@ -14,8 +14,11 @@ An unexpected exception (a bug) keeps its traceback and exits 1.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
 import traceback
 from typing import Callable
 
@@ -32,6 +35,57 @@ class UsageError(Exception):
 class RunDirError(UsageError):
     """A run directory is live (locked by another run) or holds a run that a fresh run would
     destroy."""
+
+
+class RunInterrupted(BaseException):
+    """SIGINT or SIGTERM arrived during a run: raised where the run was (the current step is
+    abandoned; checkpoints are written atomically, so the last complete one is kept). A
+    ``BaseException`` like :class:`KeyboardInterrupt`, so ``except Exception`` in plugins lets it pass.
+
+    :ivar signum: the signal number; the exit code is ``128 + signum`` (130 for SIGINT, 143 for SIGTERM).
+    :ivar run_dir: the run directory, and :ivar checkpoint: its last complete checkpoint (or ``None``),
+        filled in by :func:`reasonzoo.trainer.train` for the resume hint.
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+        self.run_dir = None
+        self.checkpoint = None
+
+    def __str__(self) -> str:
+        name = signal.Signals(self.signum).name
+        if self.run_dir is None:
+            return f"stopped by {name}"
+        if self.checkpoint is None:
+            return f"stopped by {name}; {self.run_dir} has no checkpoint yet: start again (resume={self.run_dir} starts afresh)"
+        return (f"stopped by {name}; last complete checkpoint {self.checkpoint} kept; continue with: "
+                f"reasonzoo-train resume={self.run_dir}")
+
+
+@contextlib.contextmanager
+def signals_raise():
+    """While active (main thread only), the first SIGINT or SIGTERM raises :class:`RunInterrupted`
+    where the program is; the handlers are then back to their defaults, so a second signal stops a
+    hanging clean-up the usual way. The previous handlers are restored on exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    old = {s: signal.getsignal(s) for s in sigs}
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise RunInterrupted(signum)
+
+    for s in sigs:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 class CheckpointError(OSError):
@@ -60,8 +114,14 @@ def one_line(exc: BaseException) -> str:
 
 def report(exc: BaseException) -> int:
     """Print a known error in one line (traceback with ``REASONZOO_DEBUG=1``) and return its exit
-    code; re-raise an unknown one."""
+    code (a signal: ``128 + signum``); re-raise an unknown one."""
     debug = os.environ.get("REASONZOO_DEBUG", "") not in ("", "0")
+    if isinstance(exc, (RunInterrupted, KeyboardInterrupt)):
+        if debug:
+            traceback.print_exception(type(exc), exc, exc.__traceback__)
+        signum = exc.signum if isinstance(exc, RunInterrupted) else signal.SIGINT
+        print(f"reasonzoo: {exc if isinstance(exc, RunInterrupted) else 'stopped by SIGINT'}", file=sys.stderr)
+        return 128 + int(signum)
     if isinstance(exc, _usage_types()):
         code, kind = EXIT_USAGE, "usage error" if isinstance(exc, UsageError) else "config error"
     elif isinstance(exc, RUN_FAILURES):
@@ -75,9 +135,9 @@ def report(exc: BaseException) -> int:
 
 
 def run_guarded(fn: Callable[[], object]) -> int:
-    """Run ``fn`` and turn known errors into one line and an exit code (0 on success)."""
+    """Run ``fn`` and turn known errors (and Ctrl-C) into one line and an exit code (0 on success)."""
     try:
         fn()
-    except Exception as exc:  # noqa: BLE001 - unknown ones are re-raised by report
+    except (Exception, KeyboardInterrupt, RunInterrupted) as exc:  # unknown ones are re-raised by report
         return report(exc)
     return 0

@@ -28,7 +28,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import EXIT_USAGE, UsageError, report
+from .errors import EXIT_USAGE, RunInterrupted, UsageError, report, signals_raise
 from .registry import PluginError, conf_search_paths
 
 log = logging.getLogger("reasonzoo")
@@ -69,9 +69,9 @@ _created_parents: list[Path] = []
 def _run(train, cfg: DictConfig, run_dir: Path) -> None:
     try:
         train(cfg, run_dir)
-    except Exception as exc:  # known errors: one line and an exit code; unknown ones keep their traceback
+    except (Exception, KeyboardInterrupt, RunInterrupted) as exc:  # known errors: one line and an exit code
         _remove_if_unused(run_dir)
-        sys.exit(report(exc))
+        sys.exit(report(exc))  # unknown ones are re-raised with their traceback
 
 
 def _remove_if_unused(run_dir: Path) -> None:
@@ -210,6 +210,11 @@ def _preflight(args: list[str]) -> list[str]:
 
 def main() -> None:
     """Console entry point of ``reasonzoo-train`` (exit 2: usage or config error, 1: run failure)."""
+    with signals_raise():  # SIGTERM / Ctrl-C at any point: one line and 128 + signum, no traceback
+        _main()
+
+
+def _main() -> None:
     args = sys.argv[1:]
     resume = [a for a in args if a.startswith("resume=")]
     try:
@@ -217,10 +222,13 @@ def main() -> None:
             _resume(resume[0].split("=", 1)[1], [a for a in args if a not in resume])
             return
         extra = _preflight(args + _searchpath_override(args))
-    except Exception as exc:
+    except (Exception, KeyboardInterrupt, RunInterrupted) as exc:
         sys.exit(report(exc))
     sys.argv = [sys.argv[0]] + args + _searchpath_override(args) + extra
-    _app()
+    try:
+        _app()
+    except (KeyboardInterrupt, RunInterrupted) as exc:  # Ctrl-C while Hydra starts or ends: no traceback
+        sys.exit(report(exc))
 
 
 if __name__ == "__main__":

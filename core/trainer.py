@@ -33,6 +33,7 @@ from .context import RunContext
 from .evaluation import EvalSettings, eval_split, training_metrics
 from .evaluation import evaluate as run_eval
 from .registry import PluginError, build_plugins, make_manager
+from .errors import RunInterrupted, signals_raise
 from .rundir import RunLock, check_fresh, clear_run, is_finished, remove_stale_temporaries
 from .types import (FinishReason, Generation, GenerationRequest, Problem, Rollout, RolloutGroup, SamplingParams, Segment,
                     TrainBatch)
@@ -240,6 +241,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     :raises PluginError: a config mistake (before any work).
     :raises RunDirError: ``run_dir`` is locked by a live run, or holds a finished or resumable run
         and ``overwrite`` is false (nothing in it changes).
+    :raises RunInterrupted: on SIGINT / SIGTERM (main thread), with the run directory and its last
+        complete checkpoint for the resume hint.
     """
     rc = validate(cfg)
     run_dir = Path(run_dir)
@@ -249,7 +252,16 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         check_fresh(run_dir, rc.overwrite)
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir):
-        return _train_locked(cfg, run_dir)
+        try:
+            with signals_raise():  # SIGINT / SIGTERM: abandon the current step, keep the last checkpoint
+                return _train_locked(cfg, run_dir)
+        except RunInterrupted as exc:
+            exc.run_dir = run_dir
+            try:
+                exc.checkpoint = latest_checkpoint(run_dir)
+            except OSError:
+                pass
+            raise
 
 
 def _finished(run_dir: Path) -> dict[str, Any]:

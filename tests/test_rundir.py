@@ -116,3 +116,65 @@ def test_resume_of_a_finished_run_changes_nothing_and_overwrite_replaces(tmp_pat
     assert OmegaConf.load(run / CONFIG_FILE).seed == 1
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2 and lines[0].startswith('{"iteration": 0')  # the new run's only
+
+
+def test_sigint_keeps_the_last_checkpoint_and_says_how_to_resume(tmp_path, tiny_overrides):
+    """SIGINT ended with a KeyboardInterrupt traceback; now the step is abandoned, the last complete
+    checkpoint kept, the lock and signal handlers released, and the message says how to resume."""
+    import signal
+    import threading
+    import time
+
+    from reasonzoo.checkpoint import latest_checkpoint, load_state
+    from reasonzoo.errors import EXIT_SIGINT, RunInterrupted, report
+
+    run = tmp_path / "run"
+
+    def interrupt():
+        while not (run / "checkpoints" / "latest").exists():
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    with pytest.raises(RunInterrupted) as info:
+        train(compose(tiny_overrides + ["iterations=100000", "eval.every=0"]), run)
+    exc = info.value
+    assert exc.signum == signal.SIGINT and exc.checkpoint == latest_checkpoint(run)
+    assert f"continue with: reasonzoo-train resume={run}" in str(exc) and report(exc) == EXIT_SIGINT
+    assert load_state(exc.checkpoint)["iteration"] >= 0
+    assert not list((run / "checkpoints").glob(".tmp-*"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    RunLock(run).acquire().release()  # released: a resume can take it
+
+
+def test_sigterm_raises_run_interrupted_with_its_exit_code():
+    import signal
+
+    from reasonzoo.errors import EXIT_SIGTERM, RunInterrupted, report, signals_raise
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(RunInterrupted) as info:
+        with signals_raise():
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(10**8):  # the handler runs at the next bytecode
+                pass
+    assert info.value.signum == signal.SIGTERM and report(info.value) == EXIT_SIGTERM
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_full_disk_while_checkpointing_keeps_the_previous_one_and_names_the_path(tmp_path, tiny_policy, monkeypatch):
+    """A full (or read-only) run directory: one line naming the path, the last checkpoint kept."""
+    from reasonzoo import checkpoint
+    from reasonzoo.checkpoint import latest_checkpoint
+
+    save_checkpoint(tmp_path, 1, tiny_policy, {"iteration": 1})
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    with pytest.raises(OSError, match=r"No space left on device \(writing checkpoint iter_000002; the previous one is kept\)"
+                                      r".*\.tmp-iter_000002-"):
+        save_checkpoint(tmp_path, 2, tiny_policy, {"iteration": 2})
+    assert latest_checkpoint(tmp_path).name == "iter_000001"
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
