@@ -65,6 +65,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "reasonzoo.plugins.sampler.prioritized",
     "reasonzoo.plugins.rollout.sync",
     "reasonzoo.plugins.rollout.partial",
+    "reasonzoo.plugins.rollout.dynamic",
     "reasonzoo.plugins.reward.answer",
     "reasonzoo.plugins.reward.math",
     "reasonzoo.plugins.reward.reasoning_gym",

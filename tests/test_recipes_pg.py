@@ -1,5 +1,6 @@
 """End to end: every policy-gradient contrast recipe runs two iterations on the tiny task and
-changes the policy; each recipe differs from k15 only by its loss (and DAPO's overlong filter)."""
+changes the policy; each recipe differs from k15 only by its loss (DAPO also by dynamic sampling
+and overlong filtering)."""
 import math
 
 import pytest
@@ -33,9 +34,12 @@ def test_contrast_recipe_differs_from_k15_only_by_its_loss(recipe):
     for k, v in settings.items():
         assert cfg["loss"][k] == v, k
     differ = {k for k in set(base) | set(cfg) if base.get(k) != cfg.get(k)}
-    assert differ <= {"loss", "reward"}, differ
-    if "reward" in differ:  # DAPO's overlong filtering only
-        assert recipe == "dapo" and {k for k in cfg["reward"] if cfg["reward"][k] != base["reward"][k]} == {"truncated"}
+    if recipe != "dapo":
+        assert differ == {"loss"}, differ
+    else:  # + dynamic sampling (a rollout scheduler drawing 3x the groups it keeps) and overlong filtering
+        assert differ == {"loss", "reward", "rollout", "prompts_per_iteration"}, differ
+        assert {k for k in cfg["reward"] if cfg["reward"][k] != base["reward"][k]} == {"truncated"}
+        assert cfg["rollout"] == {"name": "dynamic", "groups": 16, "round_size": 16} and cfg["prompts_per_iteration"] == 48
 
 
 @pytest.mark.parametrize("recipe", list(RECIPES))
@@ -49,6 +53,8 @@ def test_recipe_runs_and_moves_the_policy(tmp_path, tiny_overrides, run_metrics,
     assert any(r["reward/accuracy"] > 0 for r in recs[1:])
     for r in recs[1:]:
         assert f"loss/{name}" in r and math.isfinite(r["loss/total"]), r
+    if recipe == "dapo":  # dynamic sampling kept only groups whose rewards vary
+        assert all(r["rollout/dynamic_kept"] == r["response/groups"] for r in recs[1:])
     if recipe == "grpo":  # KL to the post-warm-up reference: 0 during the first (single-step) update, > 0 after it
         assert recs[1]["loss/kl"] == pytest.approx(0.0, abs=1e-6) and recs[2]["loss/kl"] > 0
     start = AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoints" / "iter_000001" / "model")

@@ -20,7 +20,7 @@ and the loss is −J. Options, each one config key:
 - ``drop_uniform_groups``: DAPO's dynamic-sampling filter (§3.2): groups whose returns are all
   equal leave the loss (their advantages are 0 anyway; they would only dilute token and row
   means and the KL term). The refill half of dynamic sampling (sampling more prompts until the
-  batch is full) belongs to a rollout scheduler; see ``docs/losses.md``.
+  batch is full) is the rollout scheduler ``rollout/dynamic``; see ``docs/losses.md``.
 
 Implementation details:
 - Built from :mod:`reasonzoo.pg`: ``group_baselines(mean)`` → ``scale_advantages`` →
