@@ -291,6 +291,8 @@ class WorkerPool:
         ``timeout_s`` seconds after its worker acknowledged it is a time-out. Never raises for a
         call's own failure."""
         with self._lock:
+            for w in [w for w in self._workers if w.job is not None]:  # left busy by an interrupted run
+                self._replace(w)
             while len(self._workers) < self.size:
                 self._spawn()
             results: list[Outcome | None] = [None] * len(calls)

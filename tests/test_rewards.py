@@ -130,3 +130,24 @@ def test_pool_works_from_a_non_main_thread(pool):
     t.join(120)  # a hang guard, not a timing assertion: the runaway call is killed at 0.5 s
     assert not t.is_alive()
     assert [o.status for o in got["out"]] == ["timeout", "ok"] and got["out"][1].value == 42
+
+
+def test_pool_recovers_from_an_interrupted_run(pool, monkeypatch):
+    """A run interrupted while a call is in flight (Ctrl-C) must not hand that call's answer to
+    the next run: the busy worker is replaced."""
+    import reasonzoo.rewards as rewards
+
+    real_wait, calls = rewards.wait, []
+
+    def interrupted_wait(conns, timeout=None):
+        calls.append(1)
+        if len(calls) == 2:  # after the call was acknowledged
+            raise KeyboardInterrupt
+        return real_wait(conns, timeout)
+
+    monkeypatch.setattr(rewards, "wait", interrupted_wait)
+    with pytest.raises(KeyboardInterrupt):
+        pool.run([(time.sleep, (1.0,))], timeout_s=30)
+    monkeypatch.setattr(rewards, "wait", real_wait)
+    # the stale call answers None after the new calls have answered: it must not land in slot 0
+    assert [o.value for o in pool.run([(operator.add, (20, 22)), (operator.add, (1, 2))], timeout_s=30)] == [42, 3]
