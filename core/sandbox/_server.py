@@ -70,6 +70,15 @@ class Server:
             self._cg_write("memory", "memory.limit_in_bytes", str(limits["memory_bytes"]))
             self._cg_write("memory", "memory.max_usage_in_bytes", "0")
         self._cg_write("pids", "pids.max", str(limits["processes"]))
+        self._cg_write("cpuacct", "cpuacct.usage", "0")
+
+    def _tree_cpu_s(self) -> float | None:
+        """CPU seconds of every process of the run since ``_prepare_cgroups`` (children it never
+        waited for included), or None without a cpuacct group."""
+        if not self.cgroups.get("cpuacct"):
+            return None
+        with open(os.path.join(self.cgroups["cpuacct"], "cpuacct.usage")) as f:
+            return int(f.read()) / 1e9
 
     # ---- one run ----
     def run(self, req: dict, blobs: list[bytes]) -> tuple[dict, list[bytes]]:
@@ -110,7 +119,11 @@ class Server:
         pidfd = os.pidfd_open(pid)
         cap = procio.Capture(limits["output_bytes"], limits["stderr_bytes"])
         try:
-            why = procio.pump(pidfd, out_r, err_r, start + limits["wall_s"], cap)
+            over = None
+            if self.cgroups.get("cpuacct"):
+                def over() -> bool:
+                    return self._tree_cpu_s() > limits["cpu_s"]
+            why = procio.pump(pidfd, out_r, err_r, start + limits["wall_s"], cap, over)
             if why != "exited":
                 procio.kill_quietly(pid)
             facts = procio.wait_facts(pid)
@@ -125,6 +138,9 @@ class Server:
         finally:
             for fd in (pidfd, out_r, err_r, st_r):
                 os.close(fd)
+        tree_cpu = self._tree_cpu_s()  # after the sweep: every process of the run is gone
+        if tree_cpu is not None:
+            facts["cpu_s"] = max(facts["cpu_s"], tree_cpu)
         facts.update(wall_s=wall, setup_ok=setup_ok, oom=self._oom_kills() > oom_before,
                      wall_exceeded=why == "deadline", output_exceeded=cap.out_exceeded)
         return facts, bytes(cap.stdout), bytes(cap.stderr)
@@ -132,7 +148,7 @@ class Server:
     def _child(self, step: dict, in_fd: int, out_w: int, err_w: int, st_w: int) -> None:
         hard_exit = os._exit  # bound before the program runs: it may replace os._exit
         try:
-            for ctrl in ("memory", "pids"):
+            for ctrl in ("memory", "pids", "cpuacct"):
                 self._cg_write(ctrl, "cgroup.procs", "0")
             os.dup2(in_fd, 0)
             os.dup2(out_w, 1)

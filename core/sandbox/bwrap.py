@@ -115,8 +115,13 @@ class BwrapWorker:
         try:
             os.write(seccomp_fd, self.bpf)
             os.lseek(seccomp_fd, 0, os.SEEK_SET)
+            over = None
+            if self.cgroups and "cpuacct" in self.cgroups.dirs:
+                def over() -> bool:  # the CPU time of the whole tree, children it never waits for included
+                    return self.cgroups.cpu_seconds() > limits.cpu_s
             facts, out, err = run_step(self._argv(run_dir, seccomp_fd, status_w, argv, lim, address_space),
-                                       stdin, lim, cwd="/", env={}, pass_fds=(seccomp_fd, status_w))
+                                       stdin, lim, cwd="/", env={}, pass_fds=(seccomp_fd, status_w),
+                                       over_limit=over)
             os.close(status_w)
             status_w = -1
             with os.fdopen(status_r, "rb", closefd=False) as f:

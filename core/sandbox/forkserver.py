@@ -39,7 +39,7 @@ class ForkServerWorker:
 
     def __init__(self, cfg: SandboxConfig, info: HostInfo, uid: int, bpf: bytes):
         self.cfg, self.info, self.uid, self.bpf = cfg, info, uid, bpf
-        self.cgroups = WorkerCgroups(info.cgroup_dirs, f"fs{uid}", ("memory", "pids")) if info.cgroup_dirs else None
+        self.cgroups = WorkerCgroups(info.cgroup_dirs, f"fs{uid}", ("memory", "pids", "cpuacct")) if info.cgroup_dirs else None
         self.proc: subprocess.Popen | None = None
 
     def _argv(self) -> list[str]:

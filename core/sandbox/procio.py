@@ -135,20 +135,31 @@ class Capture:
                 self.stderr += data[:room]
 
 
-def pump(pidfd: int, out_fd: int, err_fd: int, deadline: float, cap: Capture) -> str:
-    """Read both pipes until the process behind ``pidfd`` exits, the deadline passes, or stdout
-    overflows. Returns ``"exited"``, ``"deadline"`` or ``"output"``. Never waits for pipe EOF."""
+def pump(pidfd: int, out_fd: int, err_fd: int, deadline: float, cap: Capture,
+         over_limit=None, poll_s: float = 0.05) -> str:
+    """Read both pipes until the process behind ``pidfd`` exits, the deadline passes, stdout
+    overflows, or ``over_limit()`` (polled every ``poll_s`` seconds, e.g. the CPU time of the run's
+    whole process tree) returns True. Returns ``"exited"``, ``"deadline"``, ``"output"`` or
+    ``"limit"``. Never waits for pipe EOF."""
     os.set_blocking(out_fd, False)
     os.set_blocking(err_fd, False)
     names = {out_fd: "out", err_fd: "err"}
+    next_poll = time.monotonic() + poll_s
     with selectors.DefaultSelector() as sel:
         sel.register(pidfd, selectors.EVENT_READ)
         for fd in names:
             sel.register(fd, selectors.EVENT_READ)
         while True:
-            left = deadline - time.monotonic()
+            now = time.monotonic()
+            left = deadline - now
             if left <= 0:
                 return "deadline"
+            if over_limit is not None:
+                if now >= next_poll:
+                    if over_limit():
+                        return "limit"
+                    next_poll = now + poll_s
+                left = min(left, max(next_poll - now, 0.001))
             for key, _ in sel.select(left):
                 if key.fd == pidfd:
                     return "exited"

@@ -19,10 +19,12 @@ from . import procio
 
 def run_step(argv: list[str], stdin: bytes, limits: dict, *, cwd: str | None, env: dict[str, str],
              pass_fds: tuple[int, ...] = (), new_session: bool = False,
-             after_exit: Callable[[int], None] = lambda pid: None) -> tuple[dict, bytes, bytes]:
+             after_exit: Callable[[int], None] = lambda pid: None,
+             over_limit: Callable[[], bool] | None = None) -> tuple[dict, bytes, bytes]:
     """Run ``argv`` once; returns (facts, stdout, stderr) where facts has exit_code, signal,
-    cpu_s, max_rss, wall_s, wall_exceeded and output_exceeded. ``after_exit(pid)`` runs once the
-    main process is reaped, to kill anything it left behind."""
+    cpu_s, max_rss, wall_s, wall_exceeded, output_exceeded and limit_exceeded. ``after_exit(pid)``
+    runs once the main process is reaped, to kill anything it left behind; ``over_limit()``, polled
+    while it runs, kills it when it returns True (``procio.pump``)."""
     in_fd = os.memfd_create("stdin")
     try:
         os.write(in_fd, stdin)
@@ -37,7 +39,7 @@ def run_step(argv: list[str], stdin: bytes, limits: dict, *, cwd: str | None, en
     cap = procio.Capture(limits["output_bytes"], limits["stderr_bytes"])
     out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
     try:
-        why = procio.pump(pidfd, out_fd, err_fd, start + limits["wall_s"], cap)
+        why = procio.pump(pidfd, out_fd, err_fd, start + limits["wall_s"], cap, over_limit)
         if why != "exited":
             procio.kill_quietly(proc.pid)
         facts = procio.wait_facts(proc.pid)
@@ -49,5 +51,6 @@ def run_step(argv: list[str], stdin: bytes, limits: dict, *, cwd: str | None, en
         os.close(pidfd)
         proc.stdout.close()
         proc.stderr.close()
-    facts.update(wall_exceeded=why == "deadline", output_exceeded=cap.out_exceeded)
+    facts.update(wall_exceeded=why == "deadline", output_exceeded=cap.out_exceeded,
+                 limit_exceeded=why == "limit")
     return facts, bytes(cap.stdout), bytes(cap.stderr)
