@@ -29,13 +29,18 @@ Implementation details:
 - ``info["extracted"]`` is a canonical string of the extracted answer (sympy's ``str`` after
   ``doit``, which evaluates what the parser left unevaluated: ``\\sqrt{8}``, ``2\\sqrt{2}`` and
   ``2 \\sqrt 2`` all give ``2*sqrt(2)``; ``0.5`` and ``\\frac12`` give ``1/2``, decimals become
-  fractions), for majority
-  voting; None when nothing was extracted.
+  fractions), for majority voting; None when nothing was extracted.
 - **Time limit**: every rollout is scored in a worker process
   (:class:`reasonzoo.rewards.WorkerPool`) under ``timeout_s``; a time-out scores 0 and is counted
   in ``reward/timeouts``. math-verify's own ``signal.alarm`` limits are off (they work only in a
   main thread and cannot stop a C-level computation).
 - Truncated responses: ``truncated`` (:class:`reasonzoo.rewards.RewardConfig`).
+
+Measured on the public MATH-500 test set (``benchmarks/math_answers.py``, results in
+``benchmarks/results/math_answers.json``), old reading (math-verify's defaults) -> this one:
+references parsed 0.898 -> 1.000 (the old reading agreed with this one on 0.782 of them), the
+dataset's own worked solutions scored 1 on 0.784 -> 1.000 of problems, responses boxing a strict
+fragment of the reference scored 0 on 0.853 -> 1.000 of 300.
 
 This module imports neither torch nor sympy at module level: worker processes load it.
 """
