@@ -74,3 +74,24 @@ def test_plugin_has_conf_doc_and_test(info):
     assert inspect.getdoc(info.cls) and inspect.getdoc(inspect.getmodule(info.cls)), "plugin and module docstrings"
     assert f"plugins.{info.hook_point}.{info.name} import" in TEST_TEXT or f"{info.hook_point}={info.name}" in TEST_TEXT, "no test"
     assert info.hook_point in HOOK_POINTS
+
+
+@pytest.mark.parametrize("info", PLUGINS, ids=lambda i: f"{i.hook_point}/{i.name}")
+def test_plugin_conf_lists_the_dataclass_keys_and_defaults(info):
+    """conf/<group>/<name>.yaml and the plugin's config dataclass agree key for key, default for default."""
+    from omegaconf import OmegaConf
+
+    conf = yaml.safe_load(files("reasonzoo.conf").joinpath(info.hook_point, f"{info.name}.yaml").read_text()) or {}
+    conf.pop("name")
+    defaults = OmegaConf.to_container(OmegaConf.structured(info.config_cls))
+    assert sorted(conf) == sorted(defaults), f"keys differ: {sorted(set(conf) ^ set(defaults))}"
+    for key, value in defaults.items():
+        assert conf[key] == (list(value) if isinstance(value, tuple) else value), f"{info.hook_point}.{key}: yaml {conf[key]!r} != dataclass {value!r}"
+
+
+def test_ranged_plugin_fields_are_in_range_by_default():
+    """Every built-in plugin config's defaults pass its own declared ranges (reasonzoo.ranges)."""
+    from reasonzoo.ranges import check_ranges
+
+    for info in PLUGINS:
+        check_ranges(info.config_cls(), f"{info.hook_point}.")
