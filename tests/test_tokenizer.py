@@ -66,3 +66,21 @@ def test_warmup_cache_key_changes_with_the_tokenizer():
     sft = SFTWarmup(SFTConfig())
     assert sft.cache_key(Ctx, POLICY) == sft.cache_key(Ctx, _policy(build_byte_tokenizer()))  # deterministic
     assert sft.cache_key(Ctx, POLICY) != sft.cache_key(Ctx, Policy(model=POLICY.model, tokenizer=other))
+
+
+def test_default_model_keeps_the_character_model_initialisation(make_ctx):
+    import torch
+
+    from reasonzoo.plugins.model.hf import HFModel, HFModelConfig
+
+    policy = HFModel(HFModelConfig()).rz_build_policy(make_ctx())
+    t = HFModelConfig().tiny
+    ref = build_tiny_model(100, t.arch, t.hidden_size, t.num_layers, t.num_heads, t.intermediate_size,
+                           t.max_position_embeddings, 0, 1, 2, seed=0)
+    got, want = policy.model.state_dict(), ref.state_dict()
+    assert got["model.embed_tokens.weight"].shape == (260, t.hidden_size)
+    torch.testing.assert_close(got["model.embed_tokens.weight"][:100], want["model.embed_tokens.weight"], rtol=0, atol=0)
+    for k in want:
+        if "embed_tokens" not in k and "lm_head" not in k:
+            torch.testing.assert_close(got[k], want[k], rtol=0, atol=0)
+    assert policy.model.lm_head.weight.data_ptr() == policy.model.model.embed_tokens.weight.data_ptr()  # still tied
