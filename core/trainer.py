@@ -155,7 +155,8 @@ def update(ctx: RunContext, batch: TrainBatch, cfg: RunConfig) -> dict[str, floa
     default), and before clipping and the step every model gradient is divided by ``Σ d_i``: the
     gradient of the mean over the whole minibatch's units, exact by linearity for any such loss
     (the ``rz_loss`` contract), with no graph kept across micro-batches. Metrics are combined
-    with the weights ``d_i / Σ d_i``. Rows are sorted by their group's longest row, a group's rows
+    with the weights ``d_i / Σ d_i``. A minibatch whose loss has no unit (``Σ d_i = 0``) takes no
+    optimizer step (``train/empty_steps`` counts them). Rows are sorted by their group's longest row, a group's rows
     kept together, so the samples of one prompt mostly share a micro-batch (the lean forward of
     :mod:`reasonzoo.fasttrain` runs their common prompt once)."""
     model, opt = ctx.policy.model, ctx.optimizer
@@ -188,12 +189,15 @@ def update(ctx: RunContext, batch: TrainBatch, cfg: RunConfig) -> dict[str, floa
                     if p.grad is not None:
                         p.grad.div_(total)
             done = [(d / total if total > 0 else 1 / len(done), m) for d, m in done]
+            for k, v in _combine(done).items():
+                sums[k].append(v)
+            if total == 0:  # nothing in the loss (e.g. ReST with no correct response): no step, Adam's momentum would still move
+                sums["train/empty_steps"].append(1.0)
+                continue
             if cfg.train.max_grad_norm > 0:
                 norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
                 sums["train/grad_norm"].append(float(norm))
             opt.step()
-            for k, v in _combine(done).items():
-                sums[k].append(v)
     model.eval()
     return {k: sum(v) / len(v) for k, v in sums.items()}
 

@@ -69,3 +69,21 @@ def test_select_trims_per_token_extras_with_the_mask(tiny_policy):
     assert sub.extras["tok"].shape == sub.response_mask.shape
     torch.testing.assert_close(sub.extras["tok"], tok[short, : sub.response_mask.shape[1]])
     assert sub.extras["row"].tolist() == [1.0, 0.0]
+
+
+def test_minibatch_with_nothing_in_the_loss_takes_no_step(make_ctx, tiny_policy):
+    """ReST on a batch with no correct response: the loss is an empty mean (denominator 0). AdamW
+    with momentum from an earlier step would still move the weights on a zero gradient: no step."""
+    policy = copy.deepcopy(tiny_policy)
+    ctx = make_ctx(["train.minibatch_size=64", "train.microbatches=2"], policy=policy)
+    ctx.hook = make_manager({"loss": ReSTLoss(ReSTLossConfig())}).hook
+    ctx.optimizer = torch.optim.AdamW(policy.model.parameters(), lr=1e-2)
+    sum(p.sum() for p in policy.model.parameters()).backward()
+    ctx.optimizer.step()  # momentum in the optimizer state
+    before = [p.detach().clone() for p in policy.model.parameters()]
+    wrong = collate([_group(policy, [0, 0], ["#5", "#6"], "p"), _group(policy, [0, 0, 0], ["#1", "1;#2", "#0"], "q")],
+                    policy.pad_token_id)
+    metrics = update(ctx, wrong, validate(ctx.cfg))
+    assert metrics["train/empty_steps"] == 1.0 and metrics["loss/total"] == 0.0
+    for a, b in zip(before, policy.model.parameters()):
+        assert torch.equal(a, b)
