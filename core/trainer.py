@@ -156,7 +156,7 @@ def update(ctx: RunContext, batch: TrainBatch, cfg: RunConfig) -> dict[str, floa
     gradient of the mean over the whole minibatch's units, exact by linearity for any such loss
     (the ``rz_loss`` contract), with no graph kept across micro-batches. Metrics are combined
     with the weights ``d_i / Σ d_i``. A minibatch whose loss has no unit (``Σ d_i = 0``) takes no
-    optimizer step (``train/empty_steps`` counts them). Rows are sorted by their group's longest row, a group's rows
+    optimizer step (``train/empty_step_frac``: the share of such minibatches). Rows are sorted by their group's longest row, a group's rows
     kept together, so the samples of one prompt mostly share a micro-batch (the lean forward of
     :mod:`reasonzoo.fasttrain` runs their common prompt once)."""
     model, opt = ctx.policy.model, ctx.optimizer
@@ -192,8 +192,9 @@ def update(ctx: RunContext, batch: TrainBatch, cfg: RunConfig) -> dict[str, floa
             for k, v in _combine(done).items():
                 sums[k].append(v)
             if total == 0:  # nothing in the loss (e.g. ReST with no correct response): no step, Adam's momentum would still move
-                sums["train/empty_steps"].append(1.0)
+                sums["train/empty_step_frac"].append(1.0)
                 continue
+            sums["train/empty_step_frac"].append(0.0)
             if cfg.train.max_grad_norm > 0:
                 norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
                 sums["train/grad_norm"].append(float(norm))

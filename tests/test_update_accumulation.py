@@ -84,6 +84,6 @@ def test_minibatch_with_nothing_in_the_loss_takes_no_step(make_ctx, tiny_policy)
     wrong = collate([_group(policy, [0, 0], ["#5", "#6"], "p"), _group(policy, [0, 0, 0], ["#1", "1;#2", "#0"], "q")],
                     policy.pad_token_id)
     metrics = update(ctx, wrong, validate(ctx.cfg))
-    assert metrics["train/empty_steps"] == 1.0 and metrics["loss/total"] == 0.0
+    assert metrics["train/empty_step_frac"] == 1.0 and metrics["loss/total"] == 0.0
     for a, b in zip(before, policy.model.parameters()):
         assert torch.equal(a, b)
