@@ -213,7 +213,8 @@ def rz_loss(ctx, batch):
 
     Contract: the loss is a *mean over units* of ``batch`` (rows, or response tokens for a
     token-mean) and ``LossOutput.denominator`` says how many (``None`` = its row count; 0 with
-    no unit, the loss then a zero that keeps the graph). Per-group statistics such as baselines
+    no unit, the loss then a zero that keeps the graph; a minibatch with none in all its parts
+    takes no optimizer step). Per-group statistics such as baselines
     come from ``rz_prepare_update``, which sees the full batch. With ``train.microbatches = m > 1``
     the core cuts each minibatch into ``m`` length-sorted parts, calls this hook on each,
     back-propagates ``loss_i * d_i`` and divides the gradients by ``Σ d_i`` before clipping and

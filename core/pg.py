@@ -285,6 +285,7 @@ class PolicyGradientLoss:
         return m
 
     def norm_length(self, ctx) -> float:
+        """``seq-mean-token-sum-norm``'s constant: ``norm_length``, or ``generation.max_new_tokens`` when 0."""
         return float(self.s["norm_length"] or ctx.cfg.generation.max_new_tokens)
 
     def reference_logprobs(self, ctx, batch: TrainBatch) -> torch.Tensor:
