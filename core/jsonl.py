@@ -115,8 +115,10 @@ def check_template(template: str, key: str, fields: Sequence[str]) -> None:
     used = {m.group(1) for m in _TEMPLATE_TOKEN.finditer(template) if m.group(1)}
     missing = [f for f in fields if f not in used]
     if missing:
-        raise ValueError(f"{key}={template!r}: must contain {', '.join('{' + f + '}' for f in missing)} "
-                         "(other braces are kept as written; '{{' and '}}' give one brace)")
+        names = ", ".join("{" + f + "}" for f in fields)
+        raise ValueError(f"{key}={template!r}: may only use the field{'s' if len(fields) > 1 else ''} {names}, and must "
+                         f"contain {'them' if len(fields) > 1 else 'it'} (any other brace is kept as written; "
+                         "'{{' and '}}' give one brace)")
 
 
 def fill_template(template: str, **values: str) -> str:

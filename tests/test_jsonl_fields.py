@@ -90,5 +90,5 @@ def test_prompt_template_literal_braces(tmp_path):
     f = _write(tmp_path, ['{"prompt": "2+2?", "answer": 4}'])
     task = Jsonl(JsonlConfig(train_path=str(f), eval_path=str(f), prompt_template="{prompt} Answer in \\boxed{}."))
     assert task._read(str(f))[0].prompt == "2+2? Answer in \\boxed{}."
-    with pytest.raises(ValueError, match=r"task.prompt_template='Q: \{promt\}': must contain \{prompt\}"):
+    with pytest.raises(ValueError, match=r"task.prompt_template='Q: \{promt\}': may only use the field \{prompt\}, and must contain it"):
         Jsonl(JsonlConfig(train_path=str(f), prompt_template="Q: {promt}"))

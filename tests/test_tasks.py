@@ -66,3 +66,19 @@ def test_reasoning_gym_task(make_ctx):
     assert len(task.rz_load_problems(make_ctx(), "eval")) == 3
     with pytest.raises(ValueError, match="task.dataset='no_such_dataset'"):
         ReasoningGym(ReasoningGymConfig(dataset="no_such_dataset")).rz_load_problems(make_ctx(), "train")
+
+
+def test_prompt_templates_keep_literal_braces(tmp_path, make_ctx):
+    """Issue 8 item 8 across the tasks with templates: `\\boxed{}` needs no escaping; a template
+    without its field is an error naming task.prompt_template."""
+    from reasonzoo.plugins.task.code_jsonl import CodeJsonl, CodeJsonlConfig
+
+    task = ReasoningGym(ReasoningGymConfig(train_size=2, eval_size=1, prompt_template="{question} Answer in \\boxed{}."))
+    p = task.rz_load_problems(make_ctx(), "train")[0]
+    assert p.prompt == p.meta["entry"]["question"] + " Answer in \\boxed{}."
+    with pytest.raises(ValueError, match=r"task.prompt_template='\{questio\}': may only use the field \{question\}"):
+        ReasoningGym(ReasoningGymConfig(prompt_template="{questio}"))
+    f = tmp_path / "code.jsonl"
+    f.write_text(json.dumps({"statement": "Echo.", "tests": [{"input": "1", "output": "1"}]}) + "\n")
+    code = CodeJsonl(CodeJsonlConfig(train_path=str(f), eval_path=str(f), prompt_template="{statement}\nint main() {}"))
+    assert code.rz_load_problems(make_ctx(), "train")[0].prompt == "Echo.\nint main() {}"

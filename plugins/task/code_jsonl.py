@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Optional
 
 from reasonzoo import hookimpl, plugin
-from reasonzoo.jsonl import difficulty_and_id, held_out_split, iter_objects
+from reasonzoo.jsonl import check_template, difficulty_and_id, fill_template, held_out_split, iter_objects
 from reasonzoo.sandbox.functional import check_test
 from reasonzoo.types import Problem
 
@@ -112,7 +112,7 @@ def read_code_problems(path: str | Path, template: str = "{statement}") -> list[
             raise ValueError(f"{where}: 'prefix' must be a string (code the response completes)")
         meta = {k: v for k, v in obj.items() if k not in KNOWN}
         meta["tests"] = tests
-        out.append(Problem(uid=uid, prompt=template.format(statement=text), answer=sols[0] if sols else "",
+        out.append(Problem(uid=uid, prompt=fill_template(template, statement=text), answer=sols[0] if sols else "",
                            difficulty=diff, solutions=tuple(sols), meta=meta))
     if not out:
         raise ValueError(f"{path}: no problems")
@@ -128,11 +128,7 @@ class CodeJsonl:
     def __init__(self, cfg: CodeJsonlConfig):
         if not 0.0 < cfg.eval_fraction < 1.0:
             raise ValueError(f"task.eval_fraction={cfg.eval_fraction}: must be in (0, 1)")
-        try:
-            cfg.prompt_template.format(statement="")
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"task.prompt_template={cfg.prompt_template!r}: may only use the field "
-                             f"{{statement}} ({exc!r})") from None
+        check_template(cfg.prompt_template, "task.prompt_template", ["statement"])  # other braces kept as written
         self.cfg = cfg
 
     @hookimpl

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from reasonzoo import hookimpl, plugin
+from reasonzoo.jsonl import check_template, fill_template
 from reasonzoo.types import Problem
 
 
@@ -34,6 +35,7 @@ class ReasoningGym:
     problem_fields_provided = ("answer", "meta.entry")  #: read by config validation (reward needs)
 
     def __init__(self, cfg: ReasoningGymConfig):
+        check_template(cfg.prompt_template, "task.prompt_template", ["question"])  # other braces kept as written
         self.cfg = cfg
 
     @hookimpl
@@ -53,7 +55,7 @@ class ReasoningGym:
                                  f"no reference answer (None) for {split} entry {i} (question {entry['question'][:80]!r}); "
                                  "its problems cannot be scored: choose another dataset or dataset_config")
             diff = entry["metadata"].get(self.cfg.difficulty_key) if self.cfg.difficulty_key else None
-            out.append(Problem(uid=f"{self.cfg.dataset}/{split}/{i}", prompt=self.cfg.prompt_template.format(question=entry["question"]),
+            out.append(Problem(uid=f"{self.cfg.dataset}/{split}/{i}", prompt=fill_template(self.cfg.prompt_template, question=entry["question"]),
                                answer=str(entry["answer"]), difficulty=int(diff) if diff is not None else None,
                                meta={"entry": entry}))
         return out
