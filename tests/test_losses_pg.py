@@ -401,3 +401,24 @@ def test_bad_option_refused_at_composition():
         build_plugins(compose(["recipe=grpo", "loss.clip_low=1.5"]))
     with pytest.raises(PluginError, match="loss.kl_coef"):
         validate(compose(["recipe=dapo", "loss.kl_coef=-1"]))
+
+
+def test_per_token_advantages_fit_the_base(make_ctx, tiny_policy):
+    """A subclass returning (N, T-1) advantages (PPO's GAE shape) gets the same loss as the
+    per-row ones broadcast, also through TrainBatch.select of a narrower minibatch."""
+
+    class PerToken(GRPOLoss):
+        def advantages(self, ctx, batch):
+            return super().advantages(ctx, batch)[:, None].expand_as(batch.response_mask).clone()
+
+    ctx = make_ctx(["train.minibatch_size=2"], policy=tiny_policy)
+    batch = _batch(tiny_policy)
+    cfg = GRPOLossConfig(aggregation="token-mean")
+    _, b_row = _run_loss(GRPOLoss(cfg), ctx, batch)
+    _, b_tok = _run_loss(PerToken(cfg), ctx, batch)
+    assert b_tok.extras["pg/advantage"].shape == batch.response_mask.shape
+    idx = torch.tensor([1, 4])  # two short rows: select trims the columns
+    _perturb(tiny_policy.model)
+    a = GRPOLoss(cfg).rz_loss(ctx, b_row.select(idx))
+    b = PerToken(cfg).rz_loss(ctx, b_tok.select(idx))
+    torch.testing.assert_close(a.loss, b.loss)
