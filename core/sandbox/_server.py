@@ -81,31 +81,46 @@ class Server:
             return int(f.read()) / 1e9
 
     # ---- one run ----
-    def run(self, req: dict, blobs: list[bytes]) -> tuple[dict, list[bytes]]:
-        files = dict(zip(req["files"], blobs[1:]))
+    def run(self, req: dict, sizes: list[int], in_fd: int) -> tuple[dict, list]:
+        """Carry out one request whose blobs (stdin, then the files) are still unread on ``in_fd``.
+
+        Run data never enters this process's memory, which every later run's child inherits: the
+        blobs move from the trainer's pipe into the files and a stdin memfd with splice(2), and the
+        program's output moves from its pipes into memfds (``procio.SpliceCapture``) that the
+        caller sends on with sendfile(2). Returns the reply header and one capture per step."""
         os.mkdir(RUN_DIR, 0o700)
-        for name, data in files.items():  # root-owned, read-only for the program
-            with open(os.path.join(RUN_DIR, name), "wb") as f:
-                f.write(data)
-        os.chown(RUN_DIR, self.uid, self.uid)
-        results, outs = [], []
+        stdin_fd = os.memfd_create("stdin")
+        caps = []
         try:
+            procio.splice_exact(in_fd, stdin_fd, sizes[0])
+            for name, size in zip(req["files"], sizes[1:]):  # root-owned, read-only for the program
+                fd = os.open(os.path.join(RUN_DIR, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                try:
+                    procio.splice_exact(in_fd, fd, size)
+                finally:
+                    os.close(fd)
+            os.chown(RUN_DIR, self.uid, self.uid)
+            results = []
             for step in req["steps"]:
-                facts, out, err = self._step(step, blobs[0] if step["stdin"] else b"")
+                facts, cap = self._step(step, stdin_fd if step["stdin"] else None)
                 results.append(facts)
-                outs += [out, err]
+                caps.append(cap)
                 if facts["exit_code"] != 0 or not facts["setup_ok"]:
                     break
+        except BaseException:
+            for cap in caps:
+                cap.close()
+            raise
         finally:
+            os.close(stdin_fd)
             dirty = self._sweep(wipe=True) or self.dirty
-        return {"steps": results, "dirty": dirty}, outs
+        return {"steps": results, "dirty": dirty}, caps
 
-    def _step(self, step: dict, stdin: bytes) -> tuple[dict, bytes, bytes]:
+    def _step(self, step: dict, stdin_fd: int | None) -> tuple[dict, "procio.SpliceCapture"]:
         limits = step["limits"]
         self._prepare_cgroups(limits)
         oom_before = self._oom_kills()
-        in_fd = os.memfd_create("stdin")
-        os.write(in_fd, stdin)
+        in_fd = os.memfd_create("stdin") if stdin_fd is None else os.dup(stdin_fd)
         os.lseek(in_fd, 0, os.SEEK_SET)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
@@ -117,7 +132,7 @@ class Server:
         for fd in (in_fd, out_w, err_w, st_w):
             os.close(fd)
         pidfd = os.pidfd_open(pid)
-        cap = procio.Capture(limits["output_bytes"], limits["stderr_bytes"])
+        cap = procio.SpliceCapture(limits["output_bytes"], limits["stderr_bytes"])
         try:
             over = None
             if self.cgroups.get("cpuacct"):
@@ -143,7 +158,7 @@ class Server:
             facts["cpu_s"] = max(facts["cpu_s"], tree_cpu)
         facts.update(wall_s=wall, setup_ok=setup_ok, oom=self._oom_kills() > oom_before,
                      wall_exceeded=why == "deadline", output_exceeded=cap.out_exceeded)
-        return facts, bytes(cap.stdout), bytes(cap.stderr)
+        return facts, cap
 
     def _child(self, step: dict, in_fd: int, out_w: int, err_w: int, st_w: int) -> None:
         hard_exit = os._exit  # bound before the program runs: it may replace os._exit
@@ -330,6 +345,7 @@ def _print_exception(exc: BaseException) -> None:
 def main() -> None:
     init, blobs = wire.recv(0)
     server = Server(init, blobs[0])
+    del blobs
     procio.prctl(procio.PR_SET_CHILD_SUBREAPER, 1)
     for name in init["preimport"]:
         __import__(name)
@@ -339,15 +355,22 @@ def main() -> None:
     wire.send(1, {"ready": True, "python": sys.version.split()[0]})
     while True:
         try:
-            req, blobs = wire.recv(0)
+            req, sizes = wire.recv_header(0)
         except wire.WireError:
             return  # trainer closed the channel
         try:
-            resp, outs = server.run(req, blobs)
+            resp, caps = server.run(req, sizes, 0)
         except Exception:  # noqa: BLE001 - report, then let the trainer restart us
             wire.send(1, {"error": traceback.format_exc(limit=5)})
             return
-        wire.send(1, resp, outs)
+        try:  # the outputs go from their memfds to the trainer without passing through this process
+            wire.send_header(1, resp, [n for cap in caps for n in (cap.out_len, cap.err_len)])
+            for cap in caps:
+                procio.send_memfd(1, cap.out, cap.out_len)
+                procio.send_memfd(1, cap.err, cap.err_len)
+        finally:
+            for cap in caps:
+                cap.close()
         if resp["dirty"]:
             return
 

@@ -123,6 +123,12 @@ class Capture:
     stderr: bytearray = field(default_factory=bytearray)
     out_exceeded: bool = False
 
+    def take(self, which: str, fd: int) -> int:
+        """Read what ``fd`` holds (at most 64 KiB) into the buffers; returns the bytes read (0 at EOF)."""
+        data = os.read(fd, 1 << 16)
+        self.add(which, data)
+        return len(data)
+
     def add(self, which: str, data: bytes) -> None:
         if which == "out":
             room = self.out_limit - len(self.stdout)
@@ -133,6 +139,61 @@ class Capture:
             room = self.err_limit - len(self.stderr)
             if room > 0:
                 self.stderr += data[:room]
+
+
+class SpliceCapture:
+    """Output of one run kept in two memfds, moved there from the pipes with splice(2) so that it
+    never enters the reading process's memory (the fork server's, which later runs inherit).
+    Same limits as :class:`Capture`; ``out``/``err`` are the memfds, ``*_len`` their sizes."""
+
+    def __init__(self, out_limit: int, err_limit: int):
+        self.out_limit, self.err_limit = out_limit, err_limit
+        self.out = os.memfd_create("stdout")
+        self.err = os.memfd_create("stderr")
+        self._null = os.open("/dev/null", os.O_WRONLY)
+        self.out_len = self.err_len = 0
+        self.out_exceeded = False
+
+    def take(self, which: str, fd: int) -> int:
+        """Move what ``fd`` holds (at most 64 KiB); returns the bytes moved (0 at EOF)."""
+        if which == "out":
+            room = self.out_limit - self.out_len
+            if room > 0:
+                n = os.splice(fd, self.out, min(room, 1 << 16))
+                self.out_len += n
+                return n
+            n = os.splice(fd, self._null, 1 << 16)
+            self.out_exceeded |= n > 0
+            return n
+        room = self.err_limit - self.err_len
+        if room > 0:
+            n = os.splice(fd, self.err, min(room, 1 << 16))
+            self.err_len += n
+            return n
+        return os.splice(fd, self._null, 1 << 16)  # read and discarded, never a failure
+
+    def close(self) -> None:
+        for fd in (self.out, self.err, self._null):
+            os.close(fd)
+
+
+def splice_exact(src: int, dst: int, n: int) -> None:
+    """Move exactly ``n`` bytes from the pipe ``src`` to the file ``dst`` (blocking)."""
+    while n:
+        moved = os.splice(src, dst, min(n, 1 << 20))
+        if not moved:
+            raise EOFError(f"pipe closed with {n} bytes still expected")
+        n -= moved
+
+
+def send_memfd(dst: int, src: int, n: int) -> None:
+    """Write the first ``n`` bytes of the file ``src`` to ``dst`` with sendfile(2)."""
+    offset = 0
+    while offset < n:
+        sent = os.sendfile(dst, src, offset, n - offset)
+        if not sent:
+            raise EOFError("sendfile wrote nothing")
+        offset += sent
 
 
 def pump(pidfd: int, out_fd: int, err_fd: int, deadline: float, cap: Capture,
@@ -164,13 +225,12 @@ def pump(pidfd: int, out_fd: int, err_fd: int, deadline: float, cap: Capture,
                 if key.fd == pidfd:
                     return "exited"
                 try:
-                    data = os.read(key.fd, 1 << 16)
+                    moved = cap.take(names[key.fd], key.fd)
                 except BlockingIOError:
                     continue
-                if not data:
+                if not moved:
                     sel.unregister(key.fd)
                     continue
-                cap.add(names[key.fd], data)
                 if cap.out_exceeded:
                     return "output"
 
@@ -189,13 +249,11 @@ def drain(out_fd: int, err_fd: int, cap: Capture, timeout: float) -> None:
                 return
             for key, _ in sel.select(left):
                 try:
-                    data = os.read(key.fd, 1 << 16)
+                    moved = cap.take(names[key.fd], key.fd)
                 except BlockingIOError:
                     continue
-                if not data:
+                if not moved:
                     sel.unregister(key.fd)
-                elif not cap.out_exceeded:
-                    cap.add(names[key.fd], data)
 
 
 def wait_facts(pid: int) -> dict:

@@ -27,10 +27,15 @@ class WireError(Exception):
 
 def encode(header: dict, blobs: list[bytes] = ()) -> bytes:
     """Serialise one message: ``header`` (JSON-able dict) followed by ``blobs``."""
+    return b"".join([encode_header(header, [len(b) for b in blobs]), *blobs])
+
+
+def encode_header(header: dict, sizes: list[int]) -> bytes:
+    """The length prefix and header of a message whose blobs have ``sizes`` (sent separately)."""
     head = dict(header)
-    head["_blobs"] = [len(b) for b in blobs]
+    head["_blobs"] = list(sizes)
     raw = json.dumps(head, separators=(",", ":")).encode()
-    return b"".join([_LEN.pack(len(raw)), raw, *blobs])
+    return _LEN.pack(len(raw)) + raw
 
 
 def send(fd: int, header: dict, blobs: list[bytes] = (), deadline: float | None = None) -> None:
@@ -47,6 +52,20 @@ def send(fd: int, header: dict, blobs: list[bytes] = (), deadline: float | None 
         except BrokenPipeError as exc:
             raise WireError("channel closed by peer") from exc
         view = view[n:]
+
+
+def send_header(fd: int, header: dict, sizes: list[int]) -> None:
+    """Write only the header of a message; the caller then writes blobs of exactly ``sizes``."""
+    send_raw(fd, encode_header(header, sizes))
+
+
+def send_raw(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+        except BrokenPipeError as exc:
+            raise WireError("channel closed by peer") from exc
 
 
 def _read_exact(fd: int, n: int, deadline: float | None) -> bytes:
@@ -66,12 +85,20 @@ def _read_exact(fd: int, n: int, deadline: float | None) -> bytes:
 
 def recv(fd: int, deadline: float | None = None) -> tuple[dict, list[bytes]]:
     """Read one message from ``fd``; ``deadline`` is a ``time.monotonic()`` instant or None."""
+    header, sizes = recv_header(fd, deadline)
+    return header, [_read_exact(fd, n, deadline) for n in sizes]
+
+
+def recv_header(fd: int, deadline: float | None = None) -> tuple[dict, list[int]]:
+    """Read the header of one message and the sizes of its blobs, which stay unread on ``fd``."""
     (length,) = _LEN.unpack(_read_exact(fd, _LEN.size, deadline))
     if length > MAX_HEADER:
         raise WireError(f"header length {length} exceeds {MAX_HEADER}")
     try:
         header = json.loads(_read_exact(fd, length, deadline))
         sizes = header.pop("_blobs")
-    except (ValueError, KeyError, AttributeError) as exc:
+        if not all(isinstance(n, int) and n >= 0 for n in sizes):
+            raise ValueError(f"bad blob sizes {sizes!r}")
+    except (ValueError, KeyError, AttributeError, TypeError) as exc:
         raise WireError(f"malformed header: {exc}") from exc
-    return header, [_read_exact(fd, n, deadline) for n in sizes]
+    return header, sizes
