@@ -53,6 +53,8 @@ def test_chat_options_errors_name_the_key(tmp_path):
         HFModel(HFModelConfig(chat_template="yes"))
     with pytest.raises(ValueError, match=r"model.overlong='cut': allowed values are error, drop"):
         HFModel(HFModelConfig(overlong="cut"))
+    with pytest.raises(ValueError, match=r"model.system_prompt='Hi': needs a chat template"):
+        HFModel(HFModelConfig(system_prompt="Hi"))  # the tiny model: no template, caught before any work
     tok = build_byte_tokenizer()  # no chat template
     model = build_tiny_model(len(tok), "llama", 16, 1, 2, 32, 64, tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, seed=0)
     with pytest.raises(ValueError, match=r"model.system_prompt='Be brief.': needs a chat template"):

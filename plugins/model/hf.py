@@ -57,6 +57,9 @@ class HFModel:
         for key, allowed in (("chat_template", CHAT_TEMPLATE), ("overlong", OVERLONG)):
             if getattr(cfg, key) not in allowed:
                 raise ValueError(f"model.{key}={getattr(cfg, key)!r}: allowed values are {', '.join(allowed)}")
+        if cfg.system_prompt is not None and (cfg.path is None or cfg.chat_template == "none"):
+            raise ValueError(f"model.system_prompt={cfg.system_prompt!r}: needs a chat template (model.path with a "
+                             "tokenizer that has one, and model.chat_template=auto)")
         self.cfg = cfg
 
     @hookimpl
