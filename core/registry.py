@@ -116,7 +116,19 @@ def plugin(hook_point: str, name: str, config: type | None = None) -> Callable[[
         a third-party package adds).
     :param name: option name in that group; also the YAML file stem.
     :param config: a dataclass whose fields are the plugin's options (defaults to no options).
-        The class is constructed as ``cls(cfg)`` with an instance of it.
+        The class is constructed as ``cls(cfg)`` with an instance of it. Give numeric fields their
+        allowed range with :func:`reasonzoo.ranges.ranged` (``tau: float = ranged(0.1, gt=0)``):
+        config validation then refuses a value outside it in one line naming the key.
+
+    Class attributes that config validation reads (all optional):
+
+    * ``min_samples_per_prompt``: an int, or a function of the plugin's config returning one; a
+      run with fewer ``samples_per_prompt`` is refused (a group baseline needs 2).
+    * ``problem_fields_required`` (rewards): the :class:`~reasonzoo.types.Problem` fields it reads,
+      e.g. ``("answer",)`` or ``("meta.tests",)``;
+    * ``problem_fields_provided`` (tasks): the fields its problems carry. A reward whose required
+      fields the selected task does not provide is refused naming both; a task that declares
+      nothing is not checked.
     """
     if config is None:
         config = dataclasses.make_dataclass(f"{name.title()}Config", [])
