@@ -113,8 +113,6 @@ class Jsonl:
 
     problem_fields_provided = ("answer",)  #: read by config validation (reward needs); solutions only with fields.solution
 
-    problem_fields_provided = ("answer",)  #: read by config validation (reward needs)
-
     def __init__(self, cfg: JsonlConfig):
         if not 0.0 < cfg.eval_fraction < 1.0:
             raise ValueError(f"task.eval_fraction={cfg.eval_fraction}: must be in (0, 1)")
