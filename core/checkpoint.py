@@ -155,12 +155,22 @@ def load_model_weights(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_into(model: torch.nn.Module, path: str | Path) -> None:
-    """Load saved weights into ``model`` in place; only tied weights may be absent from the file."""
+    """Load saved weights into ``model`` in place; only tied weights may be absent from the file.
+
+    :raises CheckpointError: the weights are damaged or belong to another architecture (names the path).
+    """
     weights = load_model_weights(path)
+    own = model.state_dict()
+    for name, tensor in weights.items():  # name the first tensor whose shape differs
+        if name in own and tuple(own[name].shape) != tuple(tensor.shape):
+            raise CheckpointError(f"weights at {path}: tensor {name} has shape {tuple(tensor.shape)}, the model expects "
+                                  f"{tuple(own[name].shape)}; expected a checkpoint of this run's model")
     missing, unexpected = model.load_state_dict(weights, strict=False)
     tied = set(getattr(model, "all_tied_weights_keys", {}) or {}) | {"lm_head.weight"}
     bad = [k for k in missing if k not in tied]
     if bad or unexpected:
-        raise RuntimeError(f"weights at {path} do not fit the model: missing {bad}, unexpected {list(unexpected)}")
+        raise CheckpointError(f"weights at {path} do not fit the model: missing {bad[:5]}{' ...' if len(bad) > 5 else ''}, "
+                              f"unexpected {list(unexpected)[:5]}{' ...' if len(unexpected) > 5 else ''}; expected "
+                              f"a checkpoint of this run's model")
     if hasattr(model, "tie_weights"):
         model.tie_weights()

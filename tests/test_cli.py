@@ -165,3 +165,23 @@ def test_non_utf8_saved_config_names_the_file(tmp_path, monkeypatch, capsys):
 def test_resume_of_a_non_run_is_a_usage_error(tmp_path, monkeypatch, capsys):
     r = _train_main([f"resume={tmp_path}"], tmp_path, monkeypatch, capsys)
     _one_line_error(r, EXIT_USAGE, "not a reasonzoo run directory")
+
+
+def test_explicit_directory_of_a_live_run_is_refused_before_hydra(tmp_path, monkeypatch, capsys):
+    from reasonzoo.rundir import RunLock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with RunLock(run):
+        r = _train_main(["logger=none", f"hydra.run.dir={run}"], tmp_path, monkeypatch, capsys)
+    _one_line_error(r, EXIT_USAGE, f"{run} is in use by a live run (pid {os.getpid()}")
+    assert sorted(p.name for p in run.iterdir()) == [".reasonzoo.lock"]  # Hydra wrote nothing
+
+
+def test_weights_of_another_model_are_a_checkpoint_error(tmp_path, tiny_policy, qwen2_gqa_policy):
+    from reasonzoo.checkpoint import load_into
+
+    qwen2_gqa_policy.save(tmp_path / "other")
+    with pytest.raises(CheckpointError, match=rf"weights at {tmp_path / 'other'}: tensor model\.\S+ has shape \(\d+, \d+\), "
+                                              r"the model expects \(\d+, \d+\)"):
+        load_into(tiny_policy.model, tmp_path / "other")
