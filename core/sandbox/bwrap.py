@@ -85,11 +85,12 @@ class BwrapWorker:
         # RLIMIT_NPROC on the worker's own uid bounds processes instead.
         self.cgroups = (WorkerCgroups(info.cgroup_dirs, f"bw{uid}", ("memory", "cpuacct"))
                         if self.as_root and info.cgroup_dirs else None)
-        self._prefix = [info.bwrap, *rootfs.namespace_args(self.as_root), *rootfs.root_args(info.python)]
+        self._root = rootfs.root_args(info.python)
 
     def _argv(self, run_dir: str, seccomp_fd: int, status_fd: int, argv: list[str], limits: dict,
-              address_space: bool) -> list[str]:
-        cmd = [*self._prefix, "--bind", run_dir, rootfs.SCRATCH, "--chdir", rootfs.SCRATCH,
+              address_space: bool, proc_masks: list[str]) -> list[str]:
+        cmd = [self.info.bwrap, *rootfs.namespace_args(self.as_root, proc_masks), *self._root,
+               "--bind", run_dir, rootfs.SCRATCH, "--chdir", rootfs.SCRATCH,
                "--seccomp", str(seccomp_fd), "--json-status-fd", str(status_fd),
                *rootfs.env_args(RUN_ENV)]
         if self.as_root:
@@ -112,6 +113,7 @@ class BwrapWorker:
             oom_before = self.cgroups.oom_kills()
         seccomp_fd = os.memfd_create("seccomp")
         status_r, status_w = os.pipe()
+        proc_masks, mask_fds = rootfs.masked_proc_args()
         try:
             os.write(seccomp_fd, self.bpf)
             os.lseek(seccomp_fd, 0, os.SEEK_SET)
@@ -119,14 +121,17 @@ class BwrapWorker:
             if self.cgroups and "cpuacct" in self.cgroups.dirs:
                 def over() -> bool:  # the CPU time of the whole tree, children it never waits for included
                     return self.cgroups.cpu_seconds() > limits.cpu_s
-            facts, out, err = run_step(self._argv(run_dir, seccomp_fd, status_w, argv, lim, address_space),
-                                       stdin, lim, cwd="/", env={}, pass_fds=(seccomp_fd, status_w),
+            facts, out, err = run_step(self._argv(run_dir, seccomp_fd, status_w, argv, lim, address_space,
+                                                  proc_masks),
+                                       stdin, lim, cwd="/", env={}, pass_fds=(seccomp_fd, status_w, *mask_fds),
                                        over_limit=over)
             os.close(status_w)
             status_w = -1
             with os.fdopen(status_r, "rb", closefd=False) as f:
                 status = f.read()
         finally:
+            for fd in mask_fds:
+                os.close(fd)
             os.close(seccomp_fd)
             os.close(status_r)
             if status_w >= 0:

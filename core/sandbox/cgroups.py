@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import itertools
 import os
+import secrets
 import signal
 import time
 
 _counter = itertools.count()
+_TOKEN = secrets.token_hex(4)
+"""Names this process's groups (not its pid: the group's name is visible inside the sandbox)."""
 CONTROLLERS = ("memory", "pids", "cpuacct")
 """v1 controllers used: memory limit + OOM count, pids limit, CPU time (bwrap backend only)."""
 
@@ -70,7 +73,7 @@ class WorkerCgroups:
         for ctrl, base in bases.items():
             if ctrl not in controllers:
                 continue
-            path = os.path.join(base, f"reasonzoo-sandbox-{os.getpid()}-{tag}")
+            path = os.path.join(base, f"reasonzoo-sandbox-{_TOKEN}-{tag}")
             os.makedirs(path, exist_ok=True)
             self.dirs[ctrl] = path
 

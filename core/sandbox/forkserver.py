@@ -24,7 +24,9 @@ from .probe import HostInfo
 from .results import RunResult, compile_failed, make_result, sandbox_error
 
 SERVER_DIR = "/opt/reasonzoo-sandbox"
-"""Where the server's own code is bind-mounted (read-only) inside the sandbox."""
+"""Where the server's own code is copied inside the sandbox (by bwrap, from memfds)."""
+SERVER_FILES = ("_server.py", "procio.py", "wire.py")
+"""The server's code: stdlib-only modules with no package-relative imports."""
 SERVER_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_CHOWN", "CAP_KILL", "CAP_DAC_OVERRIDE", "CAP_FOWNER")
 """Capabilities the server keeps (switching uid; killing and cleaning up after the worker uid)."""
 SERVER_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/scratch"}
@@ -42,11 +44,12 @@ class ForkServerWorker:
         self.cgroups = WorkerCgroups(info.cgroup_dirs, f"fs{uid}", ("memory", "pids", "cpuacct")) if info.cgroup_dirs else None
         self.proc: subprocess.Popen | None = None
 
-    def _argv(self) -> list[str]:
-        here = os.path.dirname(os.path.abspath(__file__))
-        argv = [self.info.bwrap, *rootfs.namespace_args(as_root=True),
+    def _argv(self, code_fds: dict[str, int], proc_masks: list[str]) -> list[str]:
+        argv = [self.info.bwrap, *rootfs.namespace_args(True, proc_masks),
                 *rootfs.root_args(self.info.python), *rootfs.scratch_args(self.cfg.scratch_bytes),
-                "--ro-bind", here, SERVER_DIR]
+                "--perms", "0755", "--dir", SERVER_DIR]
+        for name, fd in code_fds.items():  # copied in: a bind mount would show the host's path
+            argv += ["--perms", "0644", "--file", str(fd), f"{SERVER_DIR}/{name}"]
         for ctrl, path in (self.cgroups.dirs.items() if self.cgroups else ()):
             argv += ["--bind", path, f"/cgroup/{ctrl}"]
         argv += ["--cap-drop", "ALL"]
@@ -57,9 +60,22 @@ class ForkServerWorker:
         return argv
 
     def _start(self) -> None:
-        self.proc = subprocess.Popen(self._argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=None if os.environ.get("REASONZOO_SANDBOX_DEBUG") else
-                                     subprocess.DEVNULL)
+        here = os.path.dirname(os.path.abspath(__file__))
+        code_fds = {}
+        proc_masks, mask_fds = rootfs.masked_proc_args()
+        try:
+            for name in SERVER_FILES:
+                fd = code_fds[name] = os.memfd_create(name)
+                with open(os.path.join(here, name), "rb") as f:
+                    os.write(fd, f.read())
+                os.lseek(fd, 0, os.SEEK_SET)
+            self.proc = subprocess.Popen(self._argv(code_fds, proc_masks), stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE,
+                                         stderr=None if os.environ.get("REASONZOO_SANDBOX_DEBUG") else
+                                         subprocess.DEVNULL, pass_fds=(*code_fds.values(), *mask_fds))
+        finally:
+            for fd in (*code_fds.values(), *mask_fds):
+                os.close(fd)
         deadline = time.monotonic() + self.cfg.start_timeout_s
         cgroups = {c: f"/cgroup/{c}" for c in (self.cgroups.dirs if self.cgroups else ())}
         init = {"uid": self.uid, "cgroups": cgroups, "preimport": list(self.cfg.preimport)}

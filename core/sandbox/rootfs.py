@@ -57,11 +57,41 @@ def root_args(python: str) -> list[str]:
     return args
 
 
-def namespace_args(as_root: bool) -> list[str]:
-    """Namespace and process options common to both backends."""
+MASKED_PROC = ("loadavg", "uptime", "cmdline", "diskstats", "partitions", "swaps", "interrupts",
+               "softirqs", "vmstat", "zoneinfo", "buddyinfo", "pagetypeinfo", "iomem", "ioports", "keys",
+               "key-users", "kallsyms", "timer_list", "sched_debug", "slabinfo", "vmallocinfo", "config.gz",
+               "kpagecount", "kpageflags", "kpagecgroup", "locks", "mtrr")
+"""Files of the sandbox's fresh /proc that describe the host rather than the sandbox (its load, uptime,
+kernel command line, disks, interrupts, kernel memory and symbols, other namespaces' file locks):
+each is covered by a read-only file with neutral content (``loadavg``: all zero, so
+``os.getloadavg()`` still works; the others empty). What stays visible is listed in docs/sandbox.md."""
+_PROC_CONTENT = {"loadavg": b"0.00 0.00 0.00 1/1 1\n", "uptime": b"0.00 0.00\n"}
+
+
+def masked_proc_args() -> tuple[list[str], list[int]]:
+    """bwrap arguments that cover each file of :data:`MASKED_PROC` this kernel has, and the fds
+    they read (``--ro-bind-data``; a file on bwrap's own tmpfs, so no host path shows in
+    mountinfo). The caller passes the fds to bwrap and closes them after starting it."""
+    args, fds = [], []
+    for name in MASKED_PROC:
+        if not os.path.exists(f"/proc/{name}"):
+            continue
+        r, w = os.pipe()
+        try:
+            os.write(w, _PROC_CONTENT.get(name, b""))
+        finally:
+            os.close(w)
+        fds.append(r)
+        args += ["--perms", "0444", "--ro-bind-data", str(r), f"/proc/{name}"]
+    return args, fds
+
+
+def namespace_args(as_root: bool, proc_masks: list[str] = ()) -> list[str]:
+    """Namespace and process options common to both backends; ``proc_masks`` from
+    :func:`masked_proc_args`."""
     args = ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
             "--die-with-parent", "--new-session", "--clearenv", "--hostname", "sandbox",
-            "--proc", "/proc", "--dev", "/dev"]
+            "--proc", "/proc", *proc_masks, "--dev", "/dev"]
     if not as_root:
         args.insert(0, "--unshare-user")
         args += ["--disable-userns"]
