@@ -45,10 +45,14 @@ def iter_objects(path: str | Path, number_text: bool = False) -> Iterator[tuple[
     if not path.is_file():
         raise FileNotFoundError(f"task file {str(path)!r} does not exist")
     numbers = {"parse_int": JsonInt, "parse_float": JsonFloat} if number_text else {}
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, raw in enumerate(path.read_bytes().splitlines(), 1):
+        where = f"{path}:{lineno}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{where}: not UTF-8 text (byte {exc.start + 1} of the line); expected a UTF-8 JSONL file") from None
         if not line.strip():
             continue
-        where = f"{path}:{lineno}"
         try:
             obj = json.loads(line, **numbers)
         except json.JSONDecodeError as exc:

@@ -185,3 +185,12 @@ def test_weights_of_another_model_are_a_checkpoint_error(tmp_path, tiny_policy, 
     with pytest.raises(CheckpointError, match=rf"weights at {tmp_path / 'other'}: tensor model\.\S+ has shape \(\d+, \d+\), "
                                               r"the model expects \(\d+, \d+\)"):
         load_into(tiny_policy.model, tmp_path / "other")
+
+
+def test_non_utf8_jsonl_names_file_and_line(tmp_path):
+    from reasonzoo.jsonl import iter_objects
+
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b'{"prompt": "a", "answer": "1"}\n{"prompt": "\xff", "answer": "2"}\n')
+    with pytest.raises(ValueError, match=rf"^{path}:2: not UTF-8 text \(byte 13 of the line\)"):
+        list(iter_objects(path))
