@@ -178,3 +178,23 @@ def test_full_disk_while_checkpointing_keeps_the_previous_one_and_names_the_path
         save_checkpoint(tmp_path, 2, tiny_policy, {"iteration": 2})
     assert latest_checkpoint(tmp_path).name == "iter_000001"
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+
+
+@pytest.mark.slow
+def test_two_runs_started_together_get_their_own_directories(tmp_path, tiny_overrides):
+    """The reported failure end to end: two `reasonzoo-train` started at once in one folder (seeds
+    1 and 2) each finish in a directory of their own, with only their own metrics and config."""
+    import json
+
+    args = [o for o in tiny_overrides if not o.startswith("iterations=")] + ["iterations=1", "eval.every=0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(["reasonzoo-train", *args, f"seed={s}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for s in (1, 2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    runs = sorted(p.parent for p in tmp_path.glob("outputs/*/*/metrics.jsonl"))
+    assert len(runs) == 2
+    seeds = sorted(OmegaConf.load(r / CONFIG_FILE).seed for r in runs)
+    assert seeds == [1, 2]
+    for r in runs:
+        assert [json.loads(l)["iteration"] for l in (r / "metrics.jsonl").read_text().splitlines()] == [0, 1]
