@@ -155,14 +155,20 @@ def _compose_checked(overrides: list[str]) -> DictConfig:
 
 
 def _sweep_jobs(overrides: list[str]) -> list[list[str]]:
-    """The override lists of every job of a ``-m`` sweep (``a=1,2 b=x,y``: 4 jobs)."""
+    """The override lists of every job of a ``-m`` sweep (``a=1,2 b=x,y``: 4 jobs); a sweep that
+    cannot be enumerated here (``glob``, ``interval``) is left out."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from hydra.errors import HydraException
 
     options = []
     for o in OverridesParser.create().parse_overrides(overrides):
         if o.is_sweep_override():
-            key = o.get_key_element()
-            options.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+            try:
+                values = list(o.sweep_string_iterator())
+            except HydraException:  # glob() / interval(): left to Hydra's sweeper, each job validated by train()
+                continue
+            options.append([f"{o.get_key_element()}={v}" for v in values])
         else:
             options.append([o.input_line])
     return [list(job) for job in itertools.product(*options)]

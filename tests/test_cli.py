@@ -194,3 +194,12 @@ def test_non_utf8_jsonl_names_file_and_line(tmp_path):
     path.write_bytes(b'{"prompt": "a", "answer": "1"}\n{"prompt": "\xff", "answer": "2"}\n')
     with pytest.raises(ValueError, match=rf"^{path}:2: not UTF-8 text \(byte 13 of the line\)"):
         list(iter_objects(path))
+
+
+def test_sweep_expansion_for_validation():
+    from reasonzoo.train import _sweep_jobs
+
+    assert _sweep_jobs(["seed=range(1,3)", "sampler=uniform,curriculum", "iterations=2"]) == [
+        ["seed=1", "sampler=uniform", "iterations=2"], ["seed=1", "sampler=curriculum", "iterations=2"],
+        ["seed=2", "sampler=uniform", "iterations=2"], ["seed=2", "sampler=curriculum", "iterations=2"]]
+    assert _sweep_jobs(["sampler=glob(*)", "seed=1,2"]) == [["seed=1"], ["seed=2"]]  # glob: left to Hydra
