@@ -45,8 +45,10 @@ def atomic_write_text(path: Path, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not exc.filename:  # a full disk names no file: name it
+            raise OSError(exc.errno, f"{exc.strerror or exc} (writing {path.name}; the old one is kept)", str(path)) from exc
         raise
     _fsync_dir(path.parent)
 

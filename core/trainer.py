@@ -204,10 +204,16 @@ def update(ctx: RunContext, batch: TrainBatch, cfg: RunConfig) -> dict[str, floa
 
 
 def _write_metrics(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:  # a full disk names no file: name it (a torn last line is dropped on resume)
+        if exc.filename:
+            raise
+        raise OSError(exc.errno, f"{exc.strerror or exc} (appending iteration {record.get('iteration')} to the metrics)",
+                      str(path)) from exc
 
 
 def _truncate_metrics(path: Path, last_iteration: int) -> list[dict]:

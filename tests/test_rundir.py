@@ -198,3 +198,34 @@ def test_two_runs_started_together_get_their_own_directories(tmp_path, tiny_over
     assert seeds == [1, 2]
     for r in runs:
         assert [json.loads(l)["iteration"] for l in (r / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+
+
+def test_full_disk_while_writing_metrics_or_summary_names_the_file(tmp_path, monkeypatch):
+    import builtins
+
+    from reasonzoo.checkpoint import atomic_write_text
+    from reasonzoo.trainer import _write_metrics
+
+    (tmp_path / "summary.json").write_text("old")
+    real_open = builtins.open
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.f.close()
+
+        def write(self, text):
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(builtins, "open", lambda *a, **k: Full(real_open(*a, **k)))
+    with pytest.raises(OSError, match=rf"No space left on device \(appending iteration 3 to the metrics\): '{tmp_path}/metrics.jsonl'"):
+        _write_metrics(tmp_path / "metrics.jsonl", {"iteration": 3})
+    with pytest.raises(OSError, match=rf"No space left on device \(writing summary.json; the old one is kept\): '{tmp_path}/summary.json'"):
+        atomic_write_text(tmp_path / "summary.json", "new")
+    monkeypatch.undo()
+    assert (tmp_path / "summary.json").read_text() == "old" and not list(tmp_path.glob(".summary.json.tmp*"))
