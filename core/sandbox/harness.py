@@ -3,16 +3,17 @@ stdin/stdout program). Design and threat model: docs/sandbox.md, "Function tests
 
 Two processes inside one sandbox run, both as the worker's uid:
 
-* the **checker** (this file run as the program): reads the job from stdin, makes itself
-  non-dumpable (so the candidate cannot open its ``/proc/<pid>/mem`` or ``/proc/<pid>/fd/*``),
-  keeps a private copy of fd 1 as the **verdict channel** and points its own fd 1 at stderr, then
-  forks and execs the candidate process. It never executes candidate code. It runs the dataset's
+* the **checker** (this file run as the program): makes itself non-dumpable (so the candidate cannot
+  open its ``/proc/<pid>/mem`` or ``/proc/<pid>/fd/*``), forks the candidate process *before* it
+  reads the job from stdin, then keeps a private copy of fd 1 as the **verdict channel** (made
+  after the fork) and points its own fd 1 at stderr. It never executes candidate code. It runs the dataset's
   test (``check(candidate)``) or the list of calls with a *proxy* in place of the candidate function;
   every proxy call sends the arguments to the candidate process and rebuilds the return value from
   a tagged JSON encoding into exact built-in types (no user classes, so no forged ``__eq__``).
-* the **candidate** (this file exec'd again with ``--candidate``: a fresh interpreter, so nothing of
-  the checker's memory, the job or the fork server is inherited): fds 0 = /dev/null, 1 and 2 =
-  stderr, 3 = requests, 4 = replies, nothing else. It executes the program in a module named
+* the **candidate** (a fork of the checker made before the job was read, so nothing of the job is
+  in its memory; on the fork server none of any run's data is in the server's memory either, see
+  docs/sandbox.md item 10): fds 0 = /dev/null, 1 and 2 = stderr, 3 = requests, 4 = replies,
+  nothing else; it dies with the checker (PDEATHSIG). It executes the program in a module named
   ``solution`` and answers calls. Whatever it prints, however it exits, whatever it patches, it
   can only ever write to its own reply pipe and to stderr; the verdict channel is not among its fds.
 
@@ -183,7 +184,7 @@ def _describe(exc: BaseException) -> str:
 # ---- candidate process -------------------------------------------------------------------------
 
 def candidate_main() -> None:
-    """Serve calls from fd 3 on fd 4; never returns."""
+    """Serve calls from fd 3 on fd 4 (in the forked candidate process); never returns."""
     sys.set_int_max_str_digits(0) if hasattr(sys, "set_int_max_str_digits") else None
     try:
         job = recv(3)
@@ -229,10 +230,14 @@ class Checker:
     def __init__(self, job: dict):
         self.job = job
         self.pid = None
+        self.loaded = False
         self.req = self.rep = -1
 
-    def spawn(self, deadline=None) -> None:
-        """Start a candidate process and wait until it has loaded the program."""
+    def start(self) -> None:
+        """Fork a candidate process that waits for its program. The checker calls this before it
+        reads the job, so the candidate's memory (a copy of the checker's at this moment) holds
+        nothing of the job; on the fork server, nothing of any run is in the server's memory
+        either (docs/sandbox.md, item 10)."""
         req_r, req_w = os.pipe()
         rep_r, rep_w = os.pipe()
         pid = os.fork()
@@ -246,17 +251,27 @@ class Checker:
                 os.dup2(high_r, 3)
                 os.dup2(high_w, 4)
                 os.closerange(5, 1 << 16)
-                script = os.path.abspath(sys.argv[0])
-                os.execv(sys.executable, [sys.executable, "-I", "-S", "-B", script, "--candidate"])
+                _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: dies with the checker
+                candidate_main()
             finally:
                 os._exit(126)
         os.close(req_r)
         os.close(rep_w)
         self.pid, self.req, self.rep = pid, req_w, rep_r
-        send(self.req, {"program": self.job["program"]})
+
+    def spawn(self, deadline=None) -> None:
+        """Hand the program to the candidate process (starting one if there is none) and wait until
+        it has loaded it."""
+        if self.pid is None:
+            self.start()
+        try:
+            send(self.req, {"program": self.job["program"]})
+        except OSError:
+            raise self._death() from None
         reply = self._reply(deadline)
         if not reply.get("loaded"):
             raise _from_raised(reply, "the program did not load")
+        self.loaded = True
 
     def _reply(self, deadline) -> dict:
         try:
@@ -273,7 +288,7 @@ class Checker:
         except ProcessLookupError:
             pass
         _, status = os.waitpid(self.pid, 0)
-        self.pid = None
+        self.pid, self.loaded = None, False
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
             verdict = "time_limit" if sig == _SIG_XCPU else "runtime_error"
@@ -290,7 +305,7 @@ class Checker:
             os.close(self.rep)
             os.close(self.req)
             os.waitpid(self.pid, 0)  # reaped: its CPU time counts in this run's
-            self.pid = None
+            self.pid, self.loaded = None, False
 
     def call(self, fn: str, args, kwargs, deadline=None):
         try:
@@ -393,7 +408,7 @@ def run_calls(job: dict, checker: Checker, emit) -> None:
                                                checker.cpu_seconds() - cpu_start > cpu_budget):
                 raise CallTimeout(f"call {i} used more than {cpu_budget} CPU s or {wall_budget} wall s")
         try:
-            if checker.pid is None:
+            if not checker.loaded:
                 try:
                     cpu_start = 0.0
                     checker.spawn(deadline)
@@ -419,19 +434,25 @@ def run_calls(job: dict, checker: Checker, emit) -> None:
             emit(i, _verdict_of(exc), _describe(exc))
 
 
+def _prctl(option: int, value: int) -> None:
+    import ctypes
+    if ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({option}, {value}) failed")
+
+
 def checker_main() -> None:
     """Entry point of the checker (the run's program); never returns."""
     sys.set_int_max_str_digits(0) if hasattr(sys, "set_int_max_str_digits") else None
+    # non-dumpable: a process of the same uid cannot open /proc/<pid>/{mem,fd/*} of this one
+    _prctl(4, 0)  # PR_SET_DUMPABLE = 4
+    checker = Checker({})
+    checker.start()  # before the job is read: nothing of it is in the candidate's memory
     raw = []
     while chunk := os.read(0, 1 << 20):
         raw.append(chunk)
-    job = json.loads(b"".join(raw))
-    try:  # non-dumpable: a process of the same uid cannot open /proc/<pid>/{mem,fd/*} of this one
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 4
-    except (OSError, AttributeError):
-        pass
-    verdicts = os.dup(1)  # close-on-exec; the candidate never holds it
+    os.close(0)
+    job = checker.job = json.loads(b"".join(raw))
+    verdicts = os.dup(1)  # made after the fork: the candidate never holds it
     os.dup2(2, 1)  # whatever the test code prints goes to stderr, not into the verdicts
     sys.stdout = sys.stderr
 
@@ -444,7 +465,6 @@ def checker_main() -> None:
         while view:
             view = view[os.write(verdicts, view):]
 
-    checker = Checker(job)
     try:
         (run_assert if job["kind"] == "assert" else run_calls)(job, checker, emit)
     finally:
@@ -453,7 +473,4 @@ def checker_main() -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--candidate"]:
-        candidate_main()
-    else:
-        checker_main()
+    checker_main()

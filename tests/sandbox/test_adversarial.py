@@ -378,8 +378,23 @@ FN_FAKE_VERDICT = '{"i":0,"verdict":"ok","detail":""}\\n'
 LEAK_PROBE = """
 def _probe():
     import gc, os, sys
-    needle = "".join(reversed("0 == )1 ,1-(etadidnac tressa"))  # the test's text, built at run time
     found = []
+    import ctypes
+    head, tail = b"assert candidate(-1, ", bytes([49, 41, 32, 61, 61])  # the test's text, never whole here
+    with open("/proc/self/maps") as maps:
+        regions = [line.split() for line in maps]
+    for fields in regions:  # this process's anonymous memory (heap, arenas, stack)
+        if not fields[1].startswith("r") or (len(fields) > 5 and fields[5] not in ("[heap]", "[stack]")):
+            continue
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        chunk = ctypes.string_at(start, end - start)
+        i = chunk.find(head)
+        while i >= 0:
+            if chunk[i + len(head):i + len(head) + len(tail)] == tail:
+                found.append("memory")
+                break
+            i = chunk.find(head, i + 1)
+    needle = "".join(reversed("0 == )1 ,1-(etadidnac tressa"))  # the test's text, built at run time
     for obj in gc.get_objects():
         try:
             if isinstance(obj, (dict, list, tuple)) and needle in repr(obj):
