@@ -35,6 +35,7 @@ from .evaluation import evaluate as run_eval
 from .registry import PluginError, build_plugins, make_manager
 from .errors import RunInterrupted, signals_raise
 from .rundir import RunLock, check_fresh, clear_run, is_finished, remove_stale_temporaries
+from .runlog import eval_line, iteration_line, log_to_run_dir, progress_bars
 from .types import (FinishReason, Generation, GenerationRequest, Problem, Rollout, RolloutGroup, SamplingParams, Segment,
                     TrainBatch)
 
@@ -339,90 +340,96 @@ def _train_locked(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     engine.sync_weights()
     hook.rz_run_start(ctx=ctx)
     error: BaseException | None = None
-    try:
-        if ckpt is not None:
-            hook.rz_load_state(ctx=ctx, state=state["plugins"])
-        else:
-            t0 = time.perf_counter()
-            warm = hook.rz_warmup(ctx=ctx, policy=policy, problems=train_problems) or {}
-            engine.sync_weights()
-            record: dict[str, Any] = {"iteration": 0, **data_metrics, **warm, "time/warmup": time.perf_counter() - t0}
-            if rc.eval.before:
-                ctx.iteration = 0
+    with log_to_run_dir(run_dir):  # train.log gets the run's lines (reasonzoo.runlog)
+        try:
+            log.info("run directory: %s", run_dir.resolve())
+            if ckpt is not None:
+                hook.rz_load_state(ctx=ctx, state=state["plugins"])
+            else:
                 t0 = time.perf_counter()
-                record.update(evaluate(ctx, eval_problems, rc))
-                record["time/eval"] = time.perf_counter() - t0
-            summary["initial_eval"] = record
-            _write_metrics(metrics_path, record)
-            hook.rz_log_metrics(ctx=ctx, metrics=record, step=0)
-            if rc.iterations > 0:
-                save_checkpoint(run_dir, 0, policy, _state(ctx, 0), keep=rc.checkpoint.keep)
-        sampling = rc.generation.sampling()
-        bar = tqdm(range(start, rc.iterations + 1), desc="RL", disable=not rc.progress, initial=start - 1, total=rc.iterations)
-        record = {}
-        for it in bar:
-            ctx.iteration = it
-            t_it = time.perf_counter()
-            hook.rz_iteration_start(ctx=ctx)
-            problems = hook.rz_sample_problems(ctx=ctx, problems=train_problems, n=rc.prompts_per_iteration)
-            t0 = time.perf_counter()
-            groups = hook.rz_rollout(ctx=ctx, problems=problems, engine=engine,
-                                     samples_per_problem=rc.samples_per_prompt, sampling=sampling)
-            t_roll = time.perf_counter() - t0
-            t_rew = t_upd = 0.0
-            record = {"iteration": it, "response/groups": len(groups)}
-            if groups:  # a partial-rollout scheduler may finish no group this iteration: no update then
-                t0 = time.perf_counter()
-                rewards = hook.rz_reward(ctx=ctx, groups=groups)
-                groups = [replace(g, rewards=tuple(r)) for g, r in zip(groups, rewards)]
-                lens = hook.rz_length_penalty(ctx=ctx, groups=groups)
-                groups = [replace(g, length_rewards=tuple(x)) for g, x in zip(groups, lens)]
-                t_rew = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                batch = collate(groups, policy.pad_token_id)
-                record.update({**rollout_metrics(groups), **update(ctx, batch, rc)})
-                ctx.policy_version += 1
+                warm = hook.rz_warmup(ctx=ctx, policy=policy, problems=train_problems) or {}
                 engine.sync_weights()
-                t_upd = time.perf_counter() - t0
-            record.update(_merge(hook.rz_iteration_end(ctx=ctx, groups=groups), "rz_iteration_end"))
-            record.update({"time/rollout": t_roll, "time/reward": t_rew, "time/update": t_upd,
-                           "response/tokens_per_s": record.get("response/tokens", 0) / max(t_roll, 1e-9)})
-            if "rollout/tokens" in record:  # tokens generated this iteration (partial rollouts), per second
-                record["response/generated_tokens_per_s"] = record["rollout/tokens"] / max(t_roll, 1e-9)
-            if it == rc.iterations or (rc.eval.every > 0 and it % rc.eval.every == 0):
+                record: dict[str, Any] = {"iteration": 0, **data_metrics, **warm, "time/warmup": time.perf_counter() - t0}
+                if rc.eval.before:
+                    ctx.iteration = 0
+                    t0 = time.perf_counter()
+                    record.update(evaluate(ctx, eval_problems, rc))
+                    record["time/eval"] = time.perf_counter() - t0
+                summary["initial_eval"] = record
+                if "eval/accuracy" in record:
+                    log.info("iteration 0 (before RL): %s", eval_line(record))
+                _write_metrics(metrics_path, record)
+                hook.rz_log_metrics(ctx=ctx, metrics=record, step=0)
+                if rc.iterations > 0:
+                    save_checkpoint(run_dir, 0, policy, _state(ctx, 0), keep=rc.checkpoint.keep)
+            sampling = rc.generation.sampling()
+            bar = tqdm(range(start, rc.iterations + 1), desc="RL", disable=not progress_bars(rc.progress), initial=start - 1, total=rc.iterations)
+            record = {}
+            for it in bar:
+                ctx.iteration = it
+                t_it = time.perf_counter()
+                hook.rz_iteration_start(ctx=ctx)
+                problems = hook.rz_sample_problems(ctx=ctx, problems=train_problems, n=rc.prompts_per_iteration)
                 t0 = time.perf_counter()
-                record.update(evaluate(ctx, eval_problems, rc))
-                record["time/eval"] = time.perf_counter() - t0
-            record["time/iteration"] = time.perf_counter() - t_it
-            record["policy_version"] = ctx.policy_version
-            _write_metrics(metrics_path, record)
-            hook.rz_log_metrics(ctx=ctx, metrics=record, step=it)
-            if it == rc.iterations or it % rc.checkpoint.every == 0:
-                save_checkpoint(run_dir, it, policy, _state(ctx, it), keep=rc.checkpoint.keep)
-            bar.set_postfix({k.split("/")[-1]: f"{record[k]:.3g}" for k in
-                             ("reward/accuracy", "response/mean_length", "eval/accuracy") if k in record})
-        final = dict(record) if "eval/accuracy" in record else evaluate(ctx, eval_problems, rc)
-        summary["final_eval"] = {k: v for k, v in final.items() if k.startswith("eval/")}
-        policy.save(run_dir / "final")
-        distilled = hook.rz_distill(ctx=ctx, policy=policy)
-        if distilled is not None:
-            ctx.policy = distilled
-            ctx.engine = hook.rz_build_engine(ctx=ctx, policy=distilled)
-            summary["distilled_eval"] = evaluate(ctx, eval_problems, rc)
-            distilled.save(run_dir / "distilled")
-            ctx.policy, ctx.engine = policy, engine
-        if metrics_path.exists():
-            plot_metrics(metrics_path, run_dir / "progress.png")
-        summary["table"] = summary_table(summary)
-        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
-        if rc.progress:
-            print(summary["table"])
-        return summary
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        hook.rz_run_end(ctx=ctx, summary={**summary, **({"error": repr(error)} if error else {})})
+                groups = hook.rz_rollout(ctx=ctx, problems=problems, engine=engine,
+                                         samples_per_problem=rc.samples_per_prompt, sampling=sampling)
+                t_roll = time.perf_counter() - t0
+                t_rew = t_upd = 0.0
+                record = {"iteration": it, "response/groups": len(groups)}
+                if groups:  # a partial-rollout scheduler may finish no group this iteration: no update then
+                    t0 = time.perf_counter()
+                    rewards = hook.rz_reward(ctx=ctx, groups=groups)
+                    groups = [replace(g, rewards=tuple(r)) for g, r in zip(groups, rewards)]
+                    lens = hook.rz_length_penalty(ctx=ctx, groups=groups)
+                    groups = [replace(g, length_rewards=tuple(x)) for g, x in zip(groups, lens)]
+                    t_rew = time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    batch = collate(groups, policy.pad_token_id)
+                    record.update({**rollout_metrics(groups), **update(ctx, batch, rc)})
+                    ctx.policy_version += 1
+                    engine.sync_weights()
+                    t_upd = time.perf_counter() - t0
+                record.update(_merge(hook.rz_iteration_end(ctx=ctx, groups=groups), "rz_iteration_end"))
+                record.update({"time/rollout": t_roll, "time/reward": t_rew, "time/update": t_upd,
+                               "response/tokens_per_s": record.get("response/tokens", 0) / max(t_roll, 1e-9)})
+                if "rollout/tokens" in record:  # tokens generated this iteration (partial rollouts), per second
+                    record["response/generated_tokens_per_s"] = record["rollout/tokens"] / max(t_roll, 1e-9)
+                if it == rc.iterations or (rc.eval.every > 0 and it % rc.eval.every == 0):
+                    t0 = time.perf_counter()
+                    record.update(evaluate(ctx, eval_problems, rc))
+                    record["time/eval"] = time.perf_counter() - t0
+                record["time/iteration"] = time.perf_counter() - t_it
+                record["policy_version"] = ctx.policy_version
+                _write_metrics(metrics_path, record)
+                log.info(iteration_line(record, rc.iterations))
+                hook.rz_log_metrics(ctx=ctx, metrics=record, step=it)
+                if it == rc.iterations or it % rc.checkpoint.every == 0:
+                    save_checkpoint(run_dir, it, policy, _state(ctx, it), keep=rc.checkpoint.keep)
+                bar.set_postfix({k.split("/")[-1]: f"{record[k]:.3g}" for k in
+                                 ("reward/accuracy", "response/mean_length", "eval/accuracy") if k in record})
+            final = dict(record) if "eval/accuracy" in record else evaluate(ctx, eval_problems, rc)
+            summary["final_eval"] = {k: v for k, v in final.items() if k.startswith("eval/")}
+            policy.save(run_dir / "final")
+            distilled = hook.rz_distill(ctx=ctx, policy=policy)
+            if distilled is not None:
+                ctx.policy = distilled
+                ctx.engine = hook.rz_build_engine(ctx=ctx, policy=distilled)
+                summary["distilled_eval"] = evaluate(ctx, eval_problems, rc)
+                distilled.save(run_dir / "distilled")
+                ctx.policy, ctx.engine = policy, engine
+            if metrics_path.exists():
+                plot_metrics(metrics_path, run_dir / "progress.png")
+            summary["table"] = summary_table(summary)
+            atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
+            if rc.progress:
+                print(summary["table"])
+            log.info("run finished; outputs in %s", run_dir.resolve())
+            return summary
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            hook.rz_run_end(ctx=ctx, summary={**summary, **({"error": repr(error)} if error else {})})
 
 
 def _state(ctx: RunContext, iteration: int) -> dict[str, Any]:
