@@ -1,7 +1,9 @@
 """Sandbox for running model-generated (untrusted) programs: ``reasonzoo.sandbox``.
 
 Scope: run a program with stdin under resource limits in an isolated environment and report a
-verdict, or judge it on tests. Backends (``SandboxConfig.backend``): ``forkserver`` (default when
+verdict, or judge it on tests: stdin/stdout tests (``SandboxPool.judge``) or function tests, assert-
+style ``check(candidate)`` and calls compared with ``strict_equal`` (``judge_functions``, run by a
+two-process harness whose verdicts the program cannot forge). Backends (``SandboxConfig.backend``): ``forkserver`` (default when
 root: pre-forked server inside bubblewrap, one fork per run, ~10 ms), ``bwrap`` (one bubblewrap per
 run, any user, any language), ``unsafe_subprocess`` (no isolation, opt-in only). ``probe()`` says
 what this host supports. Design notes: docs/sandbox.md.

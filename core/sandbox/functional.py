@@ -39,7 +39,7 @@ from .results import (MEMORY_LIMIT, OK, OUTPUT_LIMIT, RUNTIME_ERROR, SANDBOX_ERR
 KINDS = ("assert", "call")
 """Function-test kinds (stdin/stdout tests are the third kind, judged by ``SandboxPool.judge``)."""
 HARNESS_S = 2.0
-"""CPU and wall seconds added to a run for the harness itself (two interpreters, the test code)."""
+"""CPU and wall seconds added to a run for the harness itself (compiling it and the test code, the fork)."""
 with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "harness.py"), encoding="utf-8") as _f:
     HARNESS_SOURCE = _f.read()
 """Text of :mod:`harness`, the program every function-test run executes."""
