@@ -331,6 +331,16 @@ def test_rest_fits_only_the_best_correct_response(make_ctx, tiny_policy):
     assert g[[0, 2, 3, 4, 6]].abs().sum() == 0 and (g[1] < 0).sum() == b.response_mask[1].sum()
 
 
+def test_rest_best_by_score_takes_the_first_correct(make_ctx, tiny_policy):
+    policy = tiny_policy
+    batch = collate([_group(policy, [1, 1, 0], ["1+2=3;#3", "#3", "#4"], length_rewards=[-0.2, 0.1, 0.0])], policy.pad_token_id)
+    ctx = make_ctx(["train.minibatch_size=64"], policy=policy)
+    extras, _ = _run_loss(ReSTLoss(ReSTLossConfig(best_by="score")), ctx, batch)
+    assert extras["pg/keep"].tolist() == [1.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="loss.best_by='length'.*return, score"):
+        ReSTLoss(ReSTLossConfig(best_by="length"))
+
+
 def test_rest_batch_with_no_correct_response(make_ctx, tiny_policy):
     ctx = make_ctx(["train.minibatch_size=64"], policy=tiny_policy)
     plugin = ReSTLoss(ReSTLossConfig())
