@@ -1,8 +1,10 @@
 """``bwrap`` backend: a fresh bubblewrap sandbox per run; works for any language and any user.
 
 Scope: build the command line of one step (compile or run) and run it. Layout: the minimal root of
-``rootfs``, a per-run scratch directory (a fresh directory on a tmpfs, /dev/shm where present)
-bind-mounted at /scratch and removed after the run, the seccomp filter via ``bwrap --seccomp``, then
+``rootfs``, a scratch at /scratch: for a language without a compile step a size-limited tmpfs of
+the sandbox's own with the program copied in (``--file``; gone with the sandbox, no host path), for
+compiled languages a per-run directory on the host's tmpfs (/dev/shm where present) shared by the
+compile and run steps, bind-mounted and removed after the run, the seccomp filter via ``bwrap --seccomp``, then
 ``setpriv`` to the worker's own uid (as root) and ``prlimit`` for the rlimits. As root, a small
 ``sh`` prefix outside the sandbox first moves itself into the worker's cgroups so that everything
 the run starts is accounted there. bwrap reports a program killed by signal N as exit 128+N; exit
@@ -87,10 +89,16 @@ class BwrapWorker:
                         if self.as_root and info.cgroup_dirs else None)
         self._root = rootfs.root_args(info.python)
 
-    def _argv(self, run_dir: str, seccomp_fd: int, status_fd: int, argv: list[str], limits: dict,
-              address_space: bool, proc_masks: list[str]) -> list[str]:
+    def _argv(self, run_dir: str | None, seccomp_fd: int, status_fd: int, argv: list[str], limits: dict,
+              address_space: bool, proc_masks: list[str], file_fds: dict[str, int]) -> list[str]:
+        if run_dir is not None:
+            scratch = ["--bind", run_dir, rootfs.SCRATCH]
+        else:  # a tmpfs of the sandbox's own, the files copied in: nothing on the host to clean up
+            scratch = ["--size", str(self.cfg.scratch_bytes), "--perms", "01777", "--tmpfs", rootfs.SCRATCH]
+            for name, fd in file_fds.items():
+                scratch += ["--perms", "0644", "--file", str(fd), f"{rootfs.SCRATCH}/{name}"]
         cmd = [self.info.bwrap, *rootfs.namespace_args(self.as_root, proc_masks), *self._root,
-               "--bind", run_dir, rootfs.SCRATCH, "--chdir", rootfs.SCRATCH,
+               *scratch, "--chdir", rootfs.SCRATCH,
                "--seccomp", str(seccomp_fd), "--json-status-fd", str(status_fd),
                *rootfs.env_args(RUN_ENV)]
         if self.as_root:
@@ -105,8 +113,10 @@ class BwrapWorker:
             cmd = ["/bin/sh", "-c", _JOIN_CGROUPS, "sh", *self.cgroups.procs_files(), "--", *cmd]
         return cmd
 
-    def _step(self, run_dir: str, argv: list[str], stdin: bytes, limits: Limits,
-              address_space: bool) -> tuple[dict, bytes, bytes]:
+    def _step(self, run_dir: str | None, argv: list[str], stdin: bytes, limits: Limits,
+              address_space: bool, files: dict[str, bytes] | None = None) -> tuple[dict, bytes, bytes]:
+        """One bwrap run with ``run_dir`` bound at /scratch, or (``run_dir`` None) a private tmpfs at
+        /scratch holding ``files``."""
         lim = limits.as_dict()
         if self.cgroups:
             self.cgroups.set_limits(limits.memory_bytes, limits.processes + 3)  # + bwrap, its init, sh
@@ -114,7 +124,12 @@ class BwrapWorker:
         seccomp_fd = os.memfd_create("seccomp")
         status_r, status_w = os.pipe()
         proc_masks, mask_fds = rootfs.masked_proc_args()
+        file_fds = {}
         try:
+            for name, data in (files or {}).items():
+                fd = file_fds[name] = os.memfd_create(name)
+                os.write(fd, data)
+                os.lseek(fd, 0, os.SEEK_SET)
             os.write(seccomp_fd, self.bpf)
             os.lseek(seccomp_fd, 0, os.SEEK_SET)
             over = None
@@ -122,15 +137,16 @@ class BwrapWorker:
                 def over() -> bool:  # the CPU time of the whole tree, children it never waits for included
                     return self.cgroups.cpu_seconds() > limits.cpu_s
             facts, out, err = run_step(self._argv(run_dir, seccomp_fd, status_w, argv, lim, address_space,
-                                                  proc_masks),
-                                       stdin, lim, cwd="/", env={}, pass_fds=(seccomp_fd, status_w, *mask_fds),
+                                                  proc_masks, file_fds),
+                                       stdin, lim, cwd="/", env={},
+                                       pass_fds=(seccomp_fd, status_w, *mask_fds, *file_fds.values()),
                                        over_limit=over)
             os.close(status_w)
             status_w = -1
             with os.fdopen(status_r, "rb", closefd=False) as f:
                 status = f.read()
         finally:
-            for fd in mask_fds:
+            for fd in (*mask_fds, *file_fds.values()):
                 os.close(fd)
             os.close(seccomp_fd)
             os.close(status_r)
@@ -148,6 +164,13 @@ class BwrapWorker:
         return facts, out, err
 
     def execute(self, lang: Language, program: str, stdin: str, limits: Limits) -> RunResult:
+        if not lang.compile:  # one step: the scratch is a tmpfs of the sandbox's own
+            facts, out, err = self._step(None, expand(lang.run, lang, self.info.python), stdin.encode(),
+                                         limits, lang.address_space_limit, {lang.source_file: program.encode()})
+            if not facts["setup_ok"]:
+                return sandbox_error(err.decode("utf-8", "replace"), self.name)
+            return make_result(facts, out, err, limits, self.name)
+        # compile, then run: two bwrap runs share a run directory on the host's tmpfs
         run_dir = self.scratch.new_run_dir(self.uid if self.as_root else None)
         try:
             with open(os.path.join(run_dir, lang.source_file), "w") as f:
