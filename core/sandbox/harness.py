@@ -447,6 +447,9 @@ def checker_main() -> None:
     _prctl(4, 0)  # PR_SET_DUMPABLE = 4
     checker = Checker({})
     checker.start()  # before the job is read: nothing of it is in the candidate's memory
+    # the candidate (same uid) may signal the checker: every signal that can be blocked is, so none
+    # can interrupt the test or a verdict being written (SIGKILL/SIGSTOP end the run: no verdict)
+    signal.pthread_sigmask(signal.SIG_BLOCK, set(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP})
     raw = []
     while chunk := os.read(0, 1 << 20):
         raw.append(chunk)

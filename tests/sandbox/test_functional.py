@@ -185,3 +185,16 @@ def test_strict_equal_rules():
 def test_malformed_function_tests_are_named(test, match):
     with pytest.raises(ValueError, match=match):
         check_test(test, "t")
+
+
+def test_signals_to_the_checker_change_nothing(pool):
+    """The candidate shares the checker's uid and may signal it: a correct body that does still
+    passes, a wrong one still fails as a wrong answer (not a harness error)."""
+    send = ("    import os, signal\n    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGALRM,"
+            " signal.SIGXCPU):\n        os.kill(os.getppid(), sig)\n")
+    test = {"kind": "assert", "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(0, 0) == 0\n",
+            "entry_point": "add"}
+    right = judge_functions(pool, "def add(a, b):\n" + send + "    return a + b\n", [test], FAST)
+    wrong = judge_functions(pool, "def add(a, b):\n" + send + "    return None\n", [test], FAST)
+    assert right.verdicts == ["ok"], right.runs[0]
+    assert wrong.verdicts == ["wrong_answer"], wrong.runs[0]
