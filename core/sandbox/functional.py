@@ -149,6 +149,8 @@ def _verdicts(batch: _Batch, tests: list[dict], run: RunResult) -> list[str]:
             rec = json.loads(line)
             records[int(rec["i"])] = rec
         except (ValueError, KeyError, TypeError):
+            if run.verdict != OK:
+                break  # a record cut off by the run's end (an output limit, a kill): keep the rest
             return [SANDBOX_ERROR] * len(batch.indices)  # only the harness writes here
     out = []
     for k, i in enumerate(batch.indices):

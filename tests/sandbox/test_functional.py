@@ -198,3 +198,12 @@ def test_signals_to_the_checker_change_nothing(pool):
     wrong = judge_functions(pool, "def add(a, b):\n" + send + "    return None\n", [test], FAST)
     assert right.verdicts == ["ok"], right.runs[0]
     assert wrong.verdicts == ["wrong_answer"], wrong.runs[0]
+
+
+def test_huge_return_values_hit_the_output_limit(pool):
+    """Call results travel on the verdict channel (the run's stdout): one too large for
+    ``output_bytes`` is ``output_limit``, the calls before it keep their verdicts."""
+    program = "def f(n):\n    return 'x' * n\n"
+    small = Limits(cpu_s=1.0, wall_s=2.0, output_bytes=4096)
+    res = judge_functions(pool, program, [call("f", [3], "xxx"), call("f", [100000], "x"), call("f", [1], "x")], small)
+    assert res.verdicts == ["ok", "output_limit", "output_limit"], (res.verdicts, res.runs[0])
