@@ -4,7 +4,9 @@ matters, a check on what it printed or on the host afterwards.
 Placeholders filled per test: {secret_path} (a file outside the sandbox holding SECRET_FILE_TEXT),
 {port} (a TCP listener of this test process on 127.0.0.1 that must never receive a connection).
 The last tests check the host: no leftover processes, no scratch files, secret file untouched,
-nothing written outside, and the pools still serve a trivial program.
+nothing written outside, and the pools still serve a trivial program. ``test_wrong_body_never_passes``
+runs wrong or hostile function bodies through the function-test harness (issue 8 item 6): none may
+pass, whatever it prints, however it exits, whatever it patches or reads.
 """
 
 from __future__ import annotations
