@@ -79,3 +79,12 @@ def test_candidates_run_out(make_ctx, tiny_policy, monkeypatch):
 
 def test_informative():
     assert informative([1.0, 0.0]) and not informative([0.5, 0.5]) and not informative([1.0])
+
+
+def test_unreachable_target_refused_before_work(make_ctx, tiny_policy):
+    from reasonzoo.registry import PluginError
+
+    ctx = make_ctx(["prompts_per_iteration=4"], policy=tiny_policy)
+    with pytest.raises(PluginError, match=r"rollout.groups=5: more than the prompts_per_iteration=4 candidates; allowed: 0 .* to 4"):
+        Dynamic(DynamicConfig(groups=5)).rz_run_start(ctx)
+    Dynamic(DynamicConfig(groups=4)).rz_run_start(ctx)

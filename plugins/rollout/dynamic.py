@@ -23,6 +23,8 @@ Implementation details:
   iterations). None at all: the iteration skips its update, as the trainer does for an empty
   rollout.
 - Every rollout has a single segment tagged with ``ctx.policy_version``.
+- ``groups`` above ``prompts_per_iteration`` can never be reached: refused at ``rz_run_start``,
+  before the warm-up.
 
 Metrics (``rz_iteration_end``): ``rollout/dynamic_rounds``, ``rollout/dynamic_generated`` (groups
 generated), ``rollout/dynamic_kept``, ``rollout/dynamic_uniform_frac`` (share of the generated
@@ -34,6 +36,7 @@ from dataclasses import dataclass
 
 from reasonzoo import hookimpl, plugin
 from reasonzoo.ranges import ranged
+from reasonzoo.registry import PluginError
 from reasonzoo.trainer import make_rollout
 from reasonzoo.types import GenerationRequest, RolloutGroup
 
@@ -63,6 +66,14 @@ class Dynamic:
         gens = engine.generate(reqs, sampling, ctx.generator(stream))
         return [RolloutGroup(p, tuple(make_rollout(ctx, p, ids, g) for g in gens[i * k:(i + 1) * k]))
                 for i, (p, ids) in enumerate(zip(problems, prompts))]
+
+    @hookimpl
+    def rz_run_start(self, ctx):
+        """Refuse, before the warm-up, a target no iteration can reach."""
+        n = int(ctx.cfg.prompts_per_iteration)
+        if self.cfg.groups > n:
+            raise PluginError(f"rollout.groups={self.cfg.groups}: more than the prompts_per_iteration={n} candidates; "
+                              f"allowed: 0 (keep every informative group) to {n}")
 
     @hookimpl
     def rz_rollout(self, ctx, problems, engine, samples_per_problem, sampling):
