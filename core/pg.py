@@ -68,7 +68,7 @@ def group_baselines(returns: torch.Tensor, group_index: torch.Tensor, kind: str 
     - ``mean``: the group mean r̄ (REINFORCE with a mean baseline; GRPO's centring; k1.5's
       τ·log Z in practice, §2.3.2);
     - ``loo``: leave-one-out, b_i = (Σ_j r_j − r_i)/(k − 1) (RLOO, Ahmadian et al. 2024,
-      arXiv 2402.14740 §3 eq. 6), so r_i − b_i = k/(k−1)·(r_i − r̄); 0 for a group of one;
+      arXiv 2402.14740, its RLOO estimator), so r_i − b_i = k/(k−1)·(r_i − r̄); 0 for a group of one;
     - ``logmeanexp``: τ·log mean_j exp(r_j/τ) (k1.5 §2.3.2, the sample estimate of τ·log Z).
 
     :raises ValueError: unknown ``kind``.

@@ -274,7 +274,7 @@ def test_grpo_drop_uniform_groups(make_ctx, tiny_policy):
 
 def test_rloo_leave_one_out_gradient(make_ctx, tiny_policy):
     """∇L = −(1/k) Σ_i (r_i − mean of the others) ∇log π(y_i|x), log π summed over the response
-    (RLOO eq. 6), assembled here from per-sample gradients."""
+    (the RLOO estimator), assembled here from per-sample gradients."""
     policy = tiny_policy
     ctx = make_ctx(["train.minibatch_size=64"], policy=policy)
     plugin = RLOOLoss(RLOOLossConfig())

@@ -1,5 +1,5 @@
 """RLOO: REINFORCE with a leave-one-out baseline (Ahmadian et al. 2024, "Back to Basics",
-arXiv 2402.14740 §3, eq. 6; Kool et al. 2019).
+arXiv 2402.14740, the RLOO estimator; Kool et al. 2019).
 
 For the k responses y_i of prompt x, each response is one action, baselined by the mean return
 of the other k − 1:
