@@ -80,6 +80,7 @@ def test_default_model_keeps_the_character_model_initialisation(make_ctx):
     got, want = policy.model.state_dict(), ref.state_dict()
     assert got["model.embed_tokens.weight"].shape == (260, t.hidden_size)
     torch.testing.assert_close(got["model.embed_tokens.weight"][:100], want["model.embed_tokens.weight"], rtol=0, atol=0)
+    assert not got["model.embed_tokens.weight"][100:].any()  # the byte rows start at zero
     for k in want:
         if "embed_tokens" not in k and "lm_head" not in k:
             torch.testing.assert_close(got[k], want[k], rtol=0, atol=0)
