@@ -255,3 +255,26 @@ def test_function_tests_need_python(fraction, make_ctx):
     bad = [{"kind": "call", "fn": "f", "args": 3, "expected": 1}]
     out = fraction.rz_reward(make_ctx(), groups(["def f(): return 1"], tests=bad))[0]
     assert "problem.meta['tests'][0]: a call test needs 'args', a list" in out[0].info["error"]
+
+
+@pytest.mark.parametrize("mode,score,in_loss,ran", [("zero", 0.0, True, False), ("mask", 0.0, False, False),
+                                                   ("score", 1.0, True, True)])
+def test_truncated_responses(mode, score, in_loss, ran, make_ctx, monkeypatch):
+    """reward.truncated on the code reward: a correct program in a response cut at max_new_tokens
+    is not run and scores 0 (zero, mask: also out of the loss) or is run and scored (score); a
+    finished response is always run; the share shows in reward/truncated."""
+    plugin = CodeReward(fast(truncated=mode))
+    judged = []
+    score_fn = plugin.score
+    monkeypatch.setattr(plugin, "score", lambda r, pool: judged.append(r.finish_reason) or score_fn(r, pool))
+    try:
+        p = Problem(uid="q", prompt="", answer="", meta={"tests": DOUBLE})
+        cut = Rollout(p, (1,), (), (), FinishReason.LENGTH, (Segment(0, 0, 0),), RIGHT)
+        done = Rollout(p, (1,), (), (), FinishReason.STOP, (Segment(0, 0, 0),), RIGHT)
+        (res,) = plugin.rz_reward(make_ctx(), [RolloutGroup(p, (cut, done))])
+        assert (res[0].score, res[0].in_loss, res[1].score) == (score, in_loss, 1.0)
+        assert judged == ([FinishReason.LENGTH, FinishReason.STOP] if ran else [FinishReason.STOP])
+        scored = [RolloutGroup(p, (cut, done), rewards=tuple(res))]
+        assert plugin.rz_iteration_end(make_ctx(), scored)["reward/truncated"] == 0.5
+    finally:
+        plugin.close()

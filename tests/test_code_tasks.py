@@ -156,7 +156,8 @@ def test_k15_code_recipe_end_to_end(tmp_path):
                    f"prompts_per_iteration={prompts}", f"samples_per_prompt={samples}",
                    f"task.tests_per_problem={tests}", "task.train_size=120", "task.eval_per_difficulty=4",
                    "warmup.steps=10", "warmup.batch_size=16", "eval.problems_per_difficulty=4", "eval.every=1",
-                   "generation.max_new_tokens=40", "train.minibatch_size=8", "reward.limits.cpu_s=0.5"])
+                   "generation.max_new_tokens=40", "train.minibatch_size=8", "reward.limits.cpu_s=0.5",
+                   "reward.truncated=score"])  # judge cut responses too: every rollout goes through the sandbox
     assert (cfg.task.name, cfg.reward.name, cfg.reward.mode) == ("synth_code", "code", "all")
     summary = train(cfg, tmp_path)
     recs = [json.loads(line) for line in (Path(tmp_path) / "metrics.jsonl").read_text().splitlines()]
@@ -248,7 +249,8 @@ def test_code_jsonl_function_problems_train_end_to_end(tmp_path):
     cfg = compose(["task=code_jsonl", f"task.train_path={data}", "task.eval_fraction=0.25", "reward=code",
                    "reward.mode=all", "reward.limits.cpu_s=0.5", "warmup=none", "logger=none", "progress=false",
                    "iterations=2", f"prompts_per_iteration={prompts}", f"samples_per_prompt={samples}",
-                   "eval.every=1", "generation.max_new_tokens=24", "train.minibatch_size=8"])
+                   "eval.every=1", "generation.max_new_tokens=24", "train.minibatch_size=8",
+                   "reward.truncated=score"])  # the untrained model's responses are mostly cut: judge them anyway
     train(cfg, tmp_path / "run")
     recs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in recs] == [0, 1, 2]

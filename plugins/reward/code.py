@@ -41,6 +41,11 @@ order and stops at the first failure, so the verdicts do not depend on timing), 
 iteration's test runs with verdict v (all keys every iteration, so curves line up), and
 ``reward/code_*`` totals.
 
+**Truncated responses** (``truncated``, :class:`reasonzoo.rewards.RewardConfig`): a response cut at
+``max_new_tokens`` scores 0 without being run (``zero``, default), also leaves the loss (``mask``),
+or is run and scored as-is (``score``). ``info["extracted"]`` is the program (majority voting in
+:mod:`reasonzoo.evaluation` then groups identical programs).
+
 **Concurrency and failures**: the rollouts of one call are judged by ``threads`` threads, each
 handing its tests to one shared :class:`reasonzoo.sandbox.SandboxPool` of ``workers`` sandboxes
 (created on first use, closed in ``rz_run_end``). The pool turns a crashed sandbox into a
@@ -58,11 +63,11 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from reasonzoo import hookimpl, plugin
-from reasonzoo.rewards import score_groups
+from reasonzoo.rewards import RewardConfig, check_config, reward_metrics, score_groups
 from reasonzoo.sandbox import BACKENDS, LANGUAGES, VERDICTS, Limits, SandboxConfig, SandboxPool, judge_functions
 from reasonzoo.sandbox.functional import check_test
 from reasonzoo.sandbox.results import OK, SKIPPED, WRONG_ANSWER
-from reasonzoo.types import RewardResult
+from reasonzoo.types import FinishReason, RewardResult
 
 MODES = ("fraction", "all")
 NO_PROGRAM = "no_program"
@@ -90,7 +95,7 @@ class CodeLimitsConfig:
 
 
 @dataclass
-class CodeConfig:
+class CodeConfig(RewardConfig):
     mode: str = "fraction"  #: fraction (r = passed / tests) or all (r = 1 only if every test passes)
     language: str = "python"  #: key of the sandbox language table; a problem's meta["language"] overrides it
     pattern: Optional[str] = None  #: regex whose first group is the program; None = fenced-block rule
@@ -161,6 +166,7 @@ class CodeReward:
     problem_fields_required = ("meta.tests",)  #: checked against the task at config validation
 
     def __init__(self, cfg: CodeConfig):
+        check_config(cfg)
         if cfg.mode not in MODES:
             raise ValueError(f"reward.mode={cfg.mode!r}: allowed values are {', '.join(MODES)}")
         if cfg.language not in LANGUAGES:
@@ -225,13 +231,13 @@ class CodeReward:
         program = extract_program(rollout.text, language, self.cfg.pattern, keep_indent=bool(prefix))
         if program is None:
             return RewardResult(score=0.0, correct=False, info={
-                "program": None, "language": language, "verdicts": [NO_PROGRAM] * len(tests),
+                "program": None, "extracted": None, "language": language, "verdicts": [NO_PROGRAM] * len(tests),
                 "passed": 0, "tests": len(tests)})
         program = assemble_program(prefix, program)
         verdicts, runs = self._judge(pool, program, tests, language, prefix)
         passed = verdicts.count(OK)
         score = passed / len(tests) if self.cfg.mode == "fraction" else float(passed == len(tests))
-        info = {"program": program, "language": language, "verdicts": verdicts, "passed": passed, "tests": len(tests)}
+        info = {"program": program, "extracted": program, "language": language, "verdicts": verdicts, "passed": passed, "tests": len(tests)}
         failed = next((r for r, v in zip(runs, verdicts) if r is not None and v not in (OK, WRONG_ANSWER)), None)
         if failed is not None and failed.stderr.strip():
             info["stderr"] = failed.stderr.strip().splitlines()[-1][:200]
@@ -272,11 +278,11 @@ class CodeReward:
         pool, threads = self._resources()
         futures: dict[int, cf.Future] = {}
         for g in groups:
-            for r in g.rollouts:
-                if id(r) not in futures:
+            for r in g.rollouts:  # a truncated response is not run unless reward.truncated=score
+                if id(r) not in futures and (self.cfg.truncated == "score" or r.finish_reason is not FinishReason.LENGTH):
                     futures[id(r)] = threads.submit(self.score, r, pool)
         # score_groups re-raises each rollout's exception in turn and scores it 0 (logged)
-        return score_groups(groups, lambda r: futures[id(r)].result(), "code")
+        return score_groups(groups, lambda r: futures[id(r)].result(), "code", truncated=self.cfg.truncated)
 
     @hookimpl
     def rz_iteration_end(self, ctx, groups):
@@ -296,7 +302,7 @@ class CodeReward:
             "reward/code_pass_fraction": passed / samples if samples else 0.0,  # mean share of tests passed
             "reward/code_errors": errors / samples if samples else 0.0,  # share of samples that failed to score
         })
-        return out
+        return {**out, **reward_metrics(groups)}
 
     @hookimpl
     def rz_run_end(self, ctx, summary):
