@@ -151,3 +151,28 @@ def test_pool_recovers_from_an_interrupted_run(pool, monkeypatch):
     monkeypatch.setattr(rewards, "wait", real_wait)
     # the stale call answers None after the new calls have answered: it must not land in slot 0
     assert [o.value for o in pool.run([(operator.add, (20, 22)), (operator.add, (1, 2))], timeout_s=30)] == [42, 3]
+
+
+@pytest.mark.parametrize("reference,response,correct", [
+    ("3.0", "#3", True),  # issue 8 item 2: a JSON 3.0 read as written, "#3" is the same number
+    ("0.00001", "#1", False), ("0.00001", "#0.00001", True), ("0.00001", "#1e-5", True),
+    ("1e20", "#100000000000000000000", True), ("1e20", "#1", False),
+    ("12", "#12.0", True), ("12", "#12.5", False), ("-4", "#-4", True), ("-4", "#4", False),
+    ("1,000", "#1000", False),  # thousands separators are not plain numbers: compared as text
+    ("7", "#seven", False),
+])
+def test_answer_compares_plain_numbers_by_value(make_ctx, answer, reference, response, correct):
+    (res,) = answer.rz_reward(make_ctx(), groups(reference, [response]))[0]
+    assert res.correct is correct
+
+
+def test_answer_numbers_text_mode_and_canonical_extracted(make_ctx, answer):
+    out = answer.rz_reward(make_ctx(), groups("3", ["#3.0", "#3", "#03"]))[0]
+    assert {r.info["extracted"] for r in out} == {"3"}  # one string per value: maj@n counts them together
+    text = Answer(AnswerConfig(numbers="text"))
+    try:
+        assert [r.correct for r in text.rz_reward(make_ctx(), groups("3.0", ["#3", "#3.0"]))[0]] == [False, True]
+    finally:
+        text.pool.close()
+    with pytest.raises(ValueError, match=r"reward.numbers='exact': allowed values are value, text"):
+        Answer(AnswerConfig(numbers="exact"))
