@@ -35,12 +35,22 @@ class JsonFloat(float):
         return obj
 
 
+class _NonJsonConstant(Exception):
+    pass
+
+
+def _refuse_constant(name: str):
+    raise _NonJsonConstant(name)
+
+
 def iter_objects(path: str | Path, number_text: bool = False) -> Iterator[tuple[str, int, dict[str, Any]]]:
     """Yield ``(where, lineno, obj)`` for every non-blank line of a JSONL file, ``where`` being
     ``"<file>:<line>"``. With ``number_text`` JSON numbers are :class:`JsonInt` /
     :class:`JsonFloat` (an ``int`` / ``float`` that keeps its written text, see
     :func:`answer_text`). Raises ``FileNotFoundError`` for a missing file and ``ValueError``
-    naming the file and line for invalid JSON or a value that is not an object."""
+    naming the file and line for invalid JSON (``NaN``, ``Infinity`` and ``-Infinity`` included:
+    Python's ``json`` accepts them, JSON does not, and a NaN answer or difficulty would be compared
+    or sorted silently wrong) or a value that is not an object."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"task file {str(path)!r} does not exist")
@@ -54,9 +64,12 @@ def iter_objects(path: str | Path, number_text: bool = False) -> Iterator[tuple[
         if not line.strip():
             continue
         try:
-            obj = json.loads(line, **numbers)
+            obj = json.loads(line, parse_constant=_refuse_constant, **numbers)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{where}: not valid JSON ({exc.msg})") from None
+        except _NonJsonConstant as exc:
+            raise ValueError(f"{where}: not valid JSON ({exc.args[0]} is not a JSON value; write it as a string if it "
+                             "is meant as text)") from None
         if not isinstance(obj, dict):
             raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         yield where, lineno, obj

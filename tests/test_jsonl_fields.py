@@ -25,7 +25,10 @@ def test_number_answers_keep_written_text(tmp_path):
 
 @pytest.mark.parametrize("value, message", [("null", r"p.jsonl:2: 'answer' is null"),
                                             ("[1, 2]", r"p.jsonl:2: 'answer' must be a string or a number, got a list"),
-                                            ('{"a": 1}', r"p.jsonl:2: 'answer' must be a string or a number, got an object")])
+                                            ('{"a": 1}', r"p.jsonl:2: 'answer' must be a string or a number, got an object"),
+                                            # issue 9 item 6: a NaN answer was accepted as the string "NaN"
+                                            ("NaN", r"p.jsonl:2: not valid JSON \(NaN is not a JSON value"),
+                                            ("-Infinity", r"p.jsonl:2: not valid JSON \(-Infinity is not a JSON value")])
 def test_bad_answers_name_file_and_line(tmp_path, value, message):
     f = _write(tmp_path, ['{"prompt": "a", "answer": "1"}', '{"prompt": "b", "answer": %s}' % value])
     with pytest.raises(ValueError, match=message):
