@@ -57,6 +57,7 @@ from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from .ranges import ranged
+from .registry import hookimpl
 
 if TYPE_CHECKING:  # reasonzoo.types imports torch; worker processes must not pay for it
     from .types import Rollout, RewardResult, RolloutGroup
@@ -91,6 +92,15 @@ def check_config(cfg: RewardConfig) -> None:
             raise ValueError(f"reward.timeout_s={cfg.timeout_s}: must be > 0 (seconds)")
         if cfg.workers < 1:
             raise ValueError(f"reward.workers={cfg.workers}: must be >= 1")
+
+
+def check_pattern(pattern: str | None, key: str = "reward.pattern") -> None:
+    """``ValueError`` naming ``key`` when ``pattern`` is not a valid regular expression."""
+    if pattern is not None:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"{key}={pattern!r}: not a valid regex ({exc})") from None
 
 
 def _is_truncated(rollout: "Rollout") -> bool:
@@ -415,3 +425,48 @@ def score_in_workers(groups: Sequence["RolloutGroup"], pool: WorkerPool, call: C
         return RewardResult(score=float(v["score"]), correct=bool(v["correct"]), info=dict(v.get("info", {})))
 
     return score_groups(groups, result, plugin, truncated=truncated)
+
+
+class WorkerReward:
+    """Base class of reward plugins that score each rollout in :class:`WorkerPool` processes under
+    ``cfg.timeout_s`` (``cfg``: a :class:`TimedRewardConfig`, with an optional ``pattern``).
+
+    A subclass defines :meth:`call` (what a worker runs for one rollout) and may list modules its
+    workers import up front in :attr:`preload` (the subclass's own module is always added). The
+    hooks: ``rz_reward`` scores every rollout with :func:`score_in_workers` (``reward.truncated``
+    applied), ``rz_iteration_end`` returns :func:`reward_metrics`, ``rz_run_end`` stops the workers.
+
+    :raises ValueError: from ``__init__``, naming the key, for an out-of-range ``truncated``,
+        ``timeout_s``, ``workers`` or an invalid ``pattern`` regex.
+    """
+
+    preload: tuple[str, ...] = ()  #: modules each worker imports before its first call
+
+    def __init__(self, cfg: TimedRewardConfig):
+        check_config(cfg)
+        check_pattern(getattr(cfg, "pattern", None))
+        self.cfg = cfg
+        self.pool = LazyPool(cfg.workers, preload=(*self.preload, type(self).__module__))
+
+    @property
+    def name(self) -> str:
+        """The plugin's name (for log lines)."""
+        return getattr(type(self), "__reasonzoo_plugin__", (None, type(self).__name__))[1]
+
+    def call(self, rollout: "Rollout") -> tuple[Callable, tuple]:
+        """``(fn, args)`` for one rollout: ``fn(*args)`` runs in a worker (module-level, picklable
+        by reference) and returns ``{"score": float, "correct": bool, "info": {"extracted": ...}}``."""
+        raise NotImplementedError
+
+    @hookimpl
+    def rz_reward(self, ctx, groups):
+        return score_in_workers(groups, self.pool.get(), self.call, self.name, truncated=self.cfg.truncated,
+                                timeout_s=self.cfg.timeout_s)
+
+    @hookimpl
+    def rz_iteration_end(self, ctx, groups):
+        return reward_metrics(groups)
+
+    @hookimpl
+    def rz_run_end(self, ctx, summary):
+        self.pool.close()

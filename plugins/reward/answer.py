@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Optional
 
-from reasonzoo import hookimpl, plugin
-from reasonzoo.rewards import LazyPool, TimedRewardConfig, check_config, extract, reward_metrics, score_in_workers
+from reasonzoo import plugin
+from reasonzoo.rewards import TimedRewardConfig, WorkerReward, extract
 
 
 @dataclass
@@ -67,35 +67,15 @@ def score_answer(reference: str, text: str, pattern: str | None, ignore_case: bo
 
 
 @plugin("reward", "answer", AnswerConfig)
-class Answer:
+class Answer(WorkerReward):
     """Exact match of the extracted answer."""
 
     problem_fields_required = ("answer",)  #: checked against the task at config validation
 
     def __init__(self, cfg: AnswerConfig):
-        check_config(cfg)
         if cfg.numbers not in NUMBER_MODES:
             raise ValueError(f"reward.numbers={cfg.numbers!r}: allowed values are {', '.join(NUMBER_MODES)}")
-        if cfg.pattern is not None:
-            try:
-                re.compile(cfg.pattern)
-            except re.error as exc:
-                raise ValueError(f"reward.pattern={cfg.pattern!r}: not a valid regex ({exc})") from None
-        self.cfg = cfg
-        self.pool = LazyPool(cfg.workers, preload=(__name__,))
+        super().__init__(cfg)
 
     def call(self, rollout):
         return score_answer, (rollout.problem.answer, rollout.text, self.cfg.pattern, self.cfg.ignore_case, self.cfg.numbers)
-
-    @hookimpl
-    def rz_reward(self, ctx, groups):
-        return score_in_workers(groups, self.pool.get(), self.call, "answer", truncated=self.cfg.truncated,
-                                timeout_s=self.cfg.timeout_s)
-
-    @hookimpl
-    def rz_iteration_end(self, ctx, groups):
-        return reward_metrics(groups)
-
-    @hookimpl
-    def rz_run_end(self, ctx, summary):
-        self.pool.close()

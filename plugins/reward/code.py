@@ -63,7 +63,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from reasonzoo import hookimpl, plugin
-from reasonzoo.rewards import RewardConfig, check_config, reward_metrics, score_groups
+from reasonzoo.rewards import RewardConfig, check_config, check_pattern, reward_metrics, score_groups
 from reasonzoo.sandbox import BACKENDS, LANGUAGES, VERDICTS, Limits, SandboxConfig, SandboxPool, judge_functions
 from reasonzoo.sandbox.functional import check_test
 from reasonzoo.sandbox.results import OK, SKIPPED, WRONG_ANSWER
@@ -179,11 +179,7 @@ class CodeReward:
         for key in ("workers", "threads"):
             if getattr(cfg, key) < 1:
                 raise ValueError(f"reward.{key}={getattr(cfg, key)}: must be >= 1")
-        if cfg.pattern is not None:
-            try:
-                re.compile(cfg.pattern)
-            except re.error as exc:
-                raise ValueError(f"reward.pattern={cfg.pattern!r}: not a valid regex ({exc})") from None
+        check_pattern(cfg.pattern)
         try:
             self.limits = cfg.limits.to_limits()
         except ValueError as exc:  # Limits names its own field; say which config key that is

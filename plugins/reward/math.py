@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from reasonzoo import hookimpl, plugin
-from reasonzoo.rewards import LazyPool, TimedRewardConfig, check_config, reward_metrics, score_in_workers
+from reasonzoo.rewards import TimedRewardConfig, WorkerReward
 
 log = logging.getLogger("reasonzoo.reward")
 
@@ -206,20 +206,14 @@ def score_math(reference: str, text: str, pattern: str | None) -> dict:
 
 
 @plugin("reward", "math", MathConfig)
-class MathVerify:
+class MathVerify(WorkerReward):
     """Equivalence of the final (last boxed) answer with a bare-LaTeX reference, via math-verify."""
 
     problem_fields_required = ("answer",)  #: checked against the task at config validation
+    preload = ("sympy", "math_verify")
 
     def __init__(self, cfg: MathConfig):
-        check_config(cfg)
-        if cfg.pattern is not None:
-            try:
-                re.compile(cfg.pattern)
-            except re.error as exc:
-                raise ValueError(f"reward.pattern={cfg.pattern!r}: not a valid regex ({exc})") from None
-        self.cfg = cfg
-        self.pool = LazyPool(cfg.workers, preload=("sympy", "math_verify", __name__))
+        super().__init__(cfg)
         self._warned: set[str] = set()
 
     def call(self, rollout):
@@ -227,8 +221,7 @@ class MathVerify:
 
     @hookimpl
     def rz_reward(self, ctx, groups):
-        out = score_in_workers(groups, self.pool.get(), self.call, "math", truncated=self.cfg.truncated,
-                               timeout_s=self.cfg.timeout_s)
+        out = super().rz_reward(ctx, groups)
         for g, row in zip(groups, out):
             if g.problem.uid not in self._warned and any(r.info.get("unparsed_reference") for r in row):
                 self._warned.add(g.problem.uid)
@@ -240,8 +233,4 @@ class MathVerify:
     def rz_iteration_end(self, ctx, groups):
         scored = [g for g in groups if g.rewards]
         unparsed = sum(any(r.info.get("unparsed_reference") for r in g.rewards) for g in scored)
-        return {**reward_metrics(groups), "reward/unparsed_reference": unparsed / len(scored) if scored else 0.0}
-
-    @hookimpl
-    def rz_run_end(self, ctx, summary):
-        self.pool.close()
+        return {**super().rz_iteration_end(ctx, groups), "reward/unparsed_reference": unparsed / len(scored) if scored else 0.0}

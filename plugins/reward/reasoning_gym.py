@@ -17,12 +17,11 @@ Implementation details:
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from reasonzoo import hookimpl, plugin
-from reasonzoo.rewards import LazyPool, TimedRewardConfig, check_config, extract, reward_metrics, score_in_workers
+from reasonzoo import plugin
+from reasonzoo.rewards import TimedRewardConfig, WorkerReward, extract
 
 _SCORERS: dict[str, Callable[[Any, dict], float]] = {}
 
@@ -60,36 +59,14 @@ def score_entry(entry: dict, text: str, pattern: str | None, threshold: float) -
 
 
 @plugin("reward", "reasoning_gym", ReasoningGymRewardConfig)
-class ReasoningGymReward:
+class ReasoningGymReward(WorkerReward):
     """reasoning-gym's scorer, thresholded to 0/1."""
 
     problem_fields_required = ("meta.entry",)  #: checked against the task at config validation
-
-    def __init__(self, cfg: ReasoningGymRewardConfig):
-        check_config(cfg)
-        if cfg.pattern is not None:
-            try:
-                re.compile(cfg.pattern)
-            except re.error as exc:
-                raise ValueError(f"reward.pattern={cfg.pattern!r}: not a valid regex ({exc})") from None
-        self.cfg = cfg
-        self.pool = LazyPool(cfg.workers, preload=("reasoning_gym", __name__))
+    preload = ("reasoning_gym",)
 
     def call(self, rollout):
         entry = rollout.problem.meta.get("entry")
         if entry is None:
             raise ValueError(f"problem {rollout.problem.uid!r} has no reasoning-gym entry; use reward=reasoning_gym only with task=reasoning_gym")
         return score_entry, (entry, rollout.text, self.cfg.pattern, self.cfg.threshold)
-
-    @hookimpl
-    def rz_reward(self, ctx, groups):
-        return score_in_workers(groups, self.pool.get(), self.call, "reasoning_gym", truncated=self.cfg.truncated,
-                                timeout_s=self.cfg.timeout_s)
-
-    @hookimpl
-    def rz_iteration_end(self, ctx, groups):
-        return reward_metrics(groups)
-
-    @hookimpl
-    def rz_run_end(self, ctx, summary):
-        self.pool.close()
