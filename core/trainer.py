@@ -36,8 +36,7 @@ from .registry import PluginError, build_plugins, make_manager
 from .errors import RunInterrupted, signals_raise
 from .rundir import RunLock, check_fresh, clear_run, is_finished, remove_stale_temporaries
 from .runlog import eval_line, iteration_line, log_to_run_dir, progress_bars
-from .types import (FinishReason, Generation, GenerationRequest, Problem, Rollout, RolloutGroup, SamplingParams, Segment,
-                    TrainBatch)
+from .types import FinishReason, Generation, Problem, Rollout, RolloutGroup, Segment, TrainBatch
 
 log = logging.getLogger("reasonzoo")
 CONFIG_FILE = "reasonzoo_config.yaml"

@@ -1,6 +1,5 @@
 """The console entry points: one-line errors with distinct exit codes (issue 8 item 16, issue 9
 item 7), and a plugin listing that imports no heavy library (issue 8 item 17)."""
-import json
 import os
 import subprocess
 import sys

@@ -86,7 +86,7 @@ def test_eval_command_on_a_trained_run(tmp_path, tiny_overrides):
     from reasonzoo.trainer import train
 
     run = tmp_path / "run"
-    summary = train(compose(tiny_overrides + ["iterations=1"]), run)
+    train(compose(tiny_overrides + ["iterations=1"]), run)
     out = tmp_path / "ev"
     res = subprocess.run([sys.executable, "-m", "reasonzoo.cli", "eval", str(run), "--n", "4", "--k", "1,2,4",
                           "--out", str(out)], capture_output=True, text=True, timeout=300)

@@ -1,6 +1,5 @@
 """reasonzoo.pg and the policy-gradient loss plugins (rest, reinforce, rloo, grpo) against
 hand-computed values on toy batches and against direct re-derivations with autograd."""
-import copy
 import math
 from dataclasses import replace
 
@@ -12,9 +11,9 @@ from reasonzoo.plugins.loss.grpo import GRPOLoss, GRPOLossConfig
 from reasonzoo.plugins.loss.reinforce import ReinforceLoss, ReinforceLossConfig
 from reasonzoo.plugins.loss.rest import ReSTLoss, ReSTLossConfig, best_correct
 from reasonzoo.plugins.loss.rloo import RLOOLoss, RLOOLossConfig
-from reasonzoo.registry import PluginError, make_manager
+from reasonzoo.registry import PluginError
 from reasonzoo.trainer import collate
-from reasonzoo.types import FinishReason, LossOutput, Problem, RewardResult, Rollout, RolloutGroup, Segment, TrainBatch
+from reasonzoo.types import FinishReason, Problem, RewardResult, Rollout, RolloutGroup, Segment
 
 # ---- toy batches -------------------------------------------------------------------------------
 

@@ -1,7 +1,6 @@
 """rollout/dynamic (DAPO §3.2 dynamic sampling): groups whose rewards are all equal are dropped and
 the batch is refilled from the sampler's candidates, round by round, up to ``groups``."""
 import pytest
-import torch
 
 from reasonzoo import hookimpl
 from reasonzoo.plugins.rollout.dynamic import Dynamic, DynamicConfig, informative

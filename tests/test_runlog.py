@@ -1,9 +1,6 @@
 """Runs a user can follow (issue 8 item 15): the run directory printed at start and end, one plain
 line per iteration and per held-out evaluation on the console and in train.log, no progress-bar
 carriage returns in redirected output; a resumed run appends to the same train.log."""
-import subprocess
-import sys
-
 from reasonzoo.runlog import eval_line, iteration_line
 
 
