@@ -5,19 +5,33 @@ may sit under a nested path, e.g. ``/sys/fs/cgroup/memory/<service>/<id>``), cre
 one child group per worker, and the few files the backends touch. cgroup v2 is reported as
 unsupported: on hybrid hosts its hierarchy usually has no controllers, and v1 is what this project's
 machines offer. Without cgroups the sandbox still applies rlimits (RLIMIT_AS, RLIMIT_NPROC).
+
+**Stale groups.** A trainer killed with SIGKILL while judging code cannot remove its groups. Each
+process that creates groups names them ``reasonzoo-sandbox-<token>-<worker>`` and holds an
+exclusive ``flock`` on ``<lock dir>/<token>.lock`` for its lifetime (the kernel drops it when the
+process dies, however it dies). The first time a process creates groups it removes every
+``reasonzoo-sandbox-*`` group under the same parents whose token's lock nobody holds: their owner
+is dead. Their remaining processes are killed first. :func:`remove_stale` does the same on demand.
 """
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import os
+import re
 import secrets
 import signal
+import tempfile
 import time
 
 _counter = itertools.count()
 _TOKEN = secrets.token_hex(4)
 """Names this process's groups (not its pid: the group's name is visible inside the sandbox)."""
+PREFIX = "reasonzoo-sandbox-"
+_NAME = re.compile(PREFIX + r"([0-9a-f]{8})-.+")
+_owner_fd: int | None = None
+_swept = False
 CONTROLLERS = ("memory", "pids", "cpuacct")
 """v1 controllers used: memory limit + OOM count, pids limit, CPU time (bwrap backend only)."""
 
@@ -65,15 +79,95 @@ def controller_dirs() -> tuple[dict[str, str], str]:
     return dirs, "; ".join(problems)
 
 
+def lock_dir() -> str:
+    """Where owners' lock files live: ``/run/reasonzoo-sandbox`` (root), else a per-user temp dir."""
+    return "/run/reasonzoo-sandbox" if os.geteuid() == 0 and os.access("/run", os.W_OK) else os.path.join(
+        tempfile.gettempdir(), f"reasonzoo-sandbox-{os.geteuid()}")
+
+
+def _hold_owner_lock() -> None:
+    """Take this process's owner lock (once; held until the process ends)."""
+    global _owner_fd
+    if _owner_fd is None:
+        os.makedirs(lock_dir(), mode=0o700, exist_ok=True)
+        fd = os.open(os.path.join(lock_dir(), f"{_TOKEN}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _owner_fd = fd
+
+
+def _owner_alive(token: str) -> bool:
+    if token == _TOKEN:
+        return True
+    path = os.path.join(lock_dir(), f"{token}.lock")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    try:
+        os.unlink(path)  # we held it: its owner is gone
+    except FileNotFoundError:
+        pass
+    return False
+
+
+def _kill_and_remove(path: str, timeout: float = 2.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(os.path.join(path, "cgroup.procs")) as f:
+                pids = [int(p) for p in f.read().split()]
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            os.rmdir(path)
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+
+
+def remove_stale(bases: dict[str, str]) -> list[str]:
+    """Remove the ``reasonzoo-sandbox-*`` groups under ``bases`` (controller -> parent directory)
+    whose owner process is dead (its token's lock is free or gone), killing what is left in them.
+    Returns the removed paths; a group that will not go away within 2 s is left (and not listed)."""
+    removed = []
+    for base in bases.values():
+        try:
+            names = os.listdir(base)
+        except OSError:
+            continue
+        for name in names:
+            m = _NAME.fullmatch(name)
+            if m and not _owner_alive(m.group(1)) and _kill_and_remove(os.path.join(base, name)):
+                removed.append(os.path.join(base, name))
+    return removed
+
+
 class WorkerCgroups:
     """The memory and pids groups of one sandbox worker (either may be absent)."""
 
     def __init__(self, bases: dict[str, str], tag: str, controllers: tuple[str, ...] = CONTROLLERS):
+        global _swept
+        _hold_owner_lock()
+        if not _swept:  # groups of owners killed before they could clean up (module docstring)
+            _swept = True
+            remove_stale(bases)
         self.dirs: dict[str, str] = {}
         for ctrl, base in bases.items():
             if ctrl not in controllers:
                 continue
-            path = os.path.join(base, f"reasonzoo-sandbox-{_TOKEN}-{tag}")
+            path = os.path.join(base, f"{PREFIX}{_TOKEN}-{tag}")
             os.makedirs(path, exist_ok=True)
             self.dirs[ctrl] = path
 

@@ -218,3 +218,55 @@ def test_proc_shows_no_host_state(solo):
         assert host_word not in seen["mountinfo"], (host_word, seen["mountinfo"])
     assert seen["loadavg"].split()[:3] == ["0.00", "0.00", "0.00"]
     assert seen["cmdline"] == seen["diskstats"] == seen["interrupts"] == ""
+
+
+KILLED_OWNER = """
+import sys, threading
+from reasonzoo.sandbox import Limits, SandboxPool
+pool = SandboxPool(backend=sys.argv[1], workers=2)
+threading.Thread(target=pool.run, args=("import time\\ntime.sleep(60)",),
+                 kwargs={"limits": Limits(cpu_s=5, wall_s=60)}, daemon=True).start()
+import time
+time.sleep(1.0)
+from reasonzoo.sandbox import cgroups
+print(cgroups._TOKEN, flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("backend", ISOLATING)
+def test_groups_of_a_killed_run_are_removed_by_the_next(backend, tmp_path):
+    """Issue 9 item 5: a run killed with SIGKILL while judging code leaves its cgroups behind; the
+    next process that starts a sandbox pool removes them (their owner's lock is free), and never a
+    live owner's."""
+    import glob
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from reasonzoo.sandbox import cgroups
+
+    bases, _ = cgroups.controller_dirs()
+    assert bases, "cgroup v1 controllers needed (CI runs as root)"
+    live = subprocess.Popen([sys.executable, "-c", KILLED_OWNER, backend], stdout=subprocess.PIPE, text=True)
+    victim = subprocess.Popen([sys.executable, "-c", KILLED_OWNER, backend], stdout=subprocess.PIPE, text=True)
+    try:
+        live_token, token = live.stdout.readline().strip(), victim.stdout.readline().strip()
+        mine = lambda t: [p for b in bases.values() for p in glob.glob(f"{b}/{cgroups.PREFIX}{t}-*")]  # noqa: E731
+        assert mine(token) and mine(live_token)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        time.sleep(0.2)
+        left = mine(token)
+        assert left, "SIGKILL leaves the groups (what the clean-up is for)"
+        later = ("import sys\nfrom reasonzoo.sandbox import SandboxPool\n"
+                 "p = SandboxPool(backend=sys.argv[1], workers=1)\nassert p.run('print(1)').stdout == '1\\n'\np.close()")
+        subprocess.run([sys.executable, "-c", later, backend], check=True, timeout=120)  # the next run
+        assert not mine(token), f"stale groups left: {left}"
+        assert mine(live_token)  # a live owner's groups stay
+        assert not os.path.exists(os.path.join(cgroups.lock_dir(), f"{token}.lock"))
+    finally:
+        for p in (live, victim):
+            p.kill()
+            p.wait()
