@@ -42,13 +42,20 @@ def main_job() -> str:
         lines.append(f"| {name} | {acc_b} | {acc_a} | {b['mean_length']:.1f} | {a['mean_length']:.1f} |")
     gain = 100 * (r["after"]["all"]["accuracy"] - r["before"]["all"]["accuracy"])
     mid = ", ".join(f"{e['accuracy']:.3f}" for e in r["evaluations"][1:-1])
-    warm = "the warm-up cached" if r["warmup_cached"] else f"a fresh warm-up cache ({_mmss(r['warmup_seconds'])} of warm-up)"
+    t = r["timing"]
+    times = []
+    if "cached" in t:
+        times.append(f"{_mmss(t['cached']['wall_seconds'])} with the warm-up cached")
+    if "fresh_cache" in t:
+        f = t["fresh_cache"]
+        times.append(f"{_mmss(f['wall_seconds'])} from a fresh cache ({_mmss(f['warmup_seconds'])} of it the warm-up)")
+    loads = ", ".join(f"{x['loadavg_at_start'][0]:.1f}" for x in t.values())
     text = [
-        f"Measured by `benchmarks/main_job.py` on {r['date'][:10]} (`results/main_job.json`; 2 CPU cores, one torch "
-        f"thread, seed 0, load average {r['loadavg_at_start'][0]:.1f} at start): {_mmss(r['wall_seconds'])} with {warm}, "
-        f"{r['iterations']} RL iterations of {r['rl_iteration_seconds_median']:.2f} s (median). Held-out pass@1 "
-        "(one sample at T=1 per problem, 200 problems per difficulty) and mean response length in tokens, before "
-        "and after RL:",
+        f"Measured by `benchmarks/main_job.py` (`results/main_job.json`, {r['date'][:10]}; 2 CPU cores, one torch "
+        f"thread, seed 0, load average {loads} at the start): " + " and ".join(times) + f"; {r['iterations']} RL "
+        f"iterations of {r['rl_iteration_seconds_median']:.2f} s (median) and {len(r['evaluations'])} held-out "
+        "evaluations. Held-out pass@1 (one sample at T=1 per problem, 200 problems per difficulty) and mean "
+        "response length in tokens, before and after RL:",
         "",
         *lines,
         "",
