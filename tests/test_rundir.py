@@ -229,3 +229,36 @@ def test_full_disk_while_writing_metrics_or_summary_names_the_file(tmp_path, mon
         atomic_write_text(tmp_path / "summary.json", "new")
     monkeypatch.undo()
     assert (tmp_path / "summary.json").read_text() == "old" and not list(tmp_path.glob(".summary.json.tmp*"))
+
+
+def test_run_directory_turned_read_only_mid_run_is_one_line_and_keeps_the_checkpoint(tmp_path, tiny_overrides):
+    """Issue 9 item 8 end to end: the run directory of a live run becomes read-only (a read-only
+    bind mount in the run's own mount namespace; CI runs as root, for which chmod would not stop
+    writes): the run stops with one line naming the path, exit code 1, no traceback, and the last
+    complete checkpoint stays loadable."""
+    import shutil
+    import time
+
+    from reasonzoo.checkpoint import latest_checkpoint, load_state
+
+    if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("nsenter")):
+        pytest.fail("needs root and util-linux's unshare/nsenter (the README's setup installs util-linux; CI runs as root)")
+    run = tmp_path / "run"
+    args = [a for a in tiny_overrides if not a.startswith(("iterations=", "eval.every="))] + [
+        "iterations=40", "eval.every=0", f"hydra.run.dir={run}"]
+    proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", sys.executable, "-m", "reasonzoo.train", *args],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 300
+    while not (run / "checkpoints" / "iter_000002" / "state.pt").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    for cmd in (["mount", "--bind", str(run), str(run)], ["mount", "-o", "remount,bind,ro", str(run)]):
+        subprocess.run(["nsenter", "-t", str(proc.pid), "-m", *cmd], check=True)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, out + err
+    lines = [l for l in err.splitlines() if l.startswith("reasonzoo:")]
+    assert len(lines) == 1 and "Read-only file system" in lines[0] and str(run) in lines[0], err
+    assert "Traceback" not in err
+    ckpt = latest_checkpoint(run)  # the host's view: the mount was private to the run
+    assert load_state(ckpt)["iteration"] >= 2 and not (run / "final").exists()
