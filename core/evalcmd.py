@@ -84,6 +84,8 @@ def _yaml_value(text: str) -> Any:
 def _out_dir(arg: str | None) -> Path:
     if arg:
         out = Path(arg)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {arg}: exists and is not a folder (pick a new folder)")
         if out.exists() and any(out.iterdir()):
             raise ValueError(f"--out {arg}: exists and is not empty (pick a new folder)")
         out.mkdir(parents=True, exist_ok=True)
@@ -115,6 +117,14 @@ def run(path: str | Path, overrides: Sequence[str] = (), *, n: int = 8, ks: Sequ
         raise ValueError(f"--split {split}: allowed values are train, eval")
     if n < 1 or any(not 1 <= k <= n for k in ks):
         raise ValueError(f"--n {n} --k {','.join(map(str, ks))}: needs n >= 1 and every k in 1..n")
+    if sampled:  # checked before any folder is created or model loaded
+        if not temperature >= 0:
+            raise ValueError(f"--temperature {temperature}: must be >= 0")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"--top-p {top_p}: must be in (0, 1]")
+        if temperature == 0 and n > 1:
+            raise ValueError(f"--temperature 0 --n {n}: temperature 0 is greedy decoding, one response per problem "
+                             "(the greedy mode); sample with --temperature > 0, or use --n 1")
     path = Path(path)
     model_dir = path / "final" if (path / "final" / "config.json").is_file() else resolve_model_dir(path)
     cfg, saved = build_config(path, overrides)
@@ -183,11 +193,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-sampled", action="store_true", help="skip sampled decoding")
     p.add_argument("--split", default="eval", help="the task's split: eval (default) or train")
     p.add_argument("--out", default=None, help="output folder (new or empty); default evals/<date>/<time>-<pid>")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # overrides may come before or after the options
     from .registry import PluginError
 
     try:
-        ks = [int(x) for x in args.k.split(",")] if args.k else sorted({1, args.n})
+        try:
+            ks = [int(x) for x in args.k.split(",")] if args.k else sorted({1, args.n})
+        except ValueError:
+            raise ValueError(f"--k {args.k}: expected comma-separated integers, e.g. --k 1,4,8") from None
         run(args.path, args.overrides, n=args.n, ks=ks, temperature=args.temperature, top_p=args.top_p,
             greedy=not args.no_greedy, sampled=not args.no_sampled, split=args.split, out=args.out)
     except (PluginError, ValueError, FileNotFoundError) as exc:

@@ -127,3 +127,46 @@ def test_eval_bad_path_is_one_line(tmp_path):
     res = subprocess.run([sys.executable, "-m", "reasonzoo.cli", "eval", str(tmp_path / "nope")],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "Traceback" not in res.stderr and "nope" in res.stderr
+
+
+def test_eval_overrides_may_follow_options(monkeypatch):
+    """`reasonzoo eval RUN --n 4 task=jsonl ...`: Hydra overrides after the options are overrides,
+    not "unrecognized arguments" (argparse's default parser stops at the first option)."""
+    from reasonzoo import evalcmd
+
+    seen = {}
+    monkeypatch.setattr(evalcmd, "run", lambda path, overrides, **kw: seen.update(path=path, overrides=overrides, **kw))
+    assert evalcmd.main(["runs/x", "--n", "4", "eval.problems_per_difficulty=2", "--k", "1,4", "reward=math"]) == 0
+    assert seen["path"] == "runs/x" and seen["overrides"] == ["eval.problems_per_difficulty=2", "reward=math"]
+    assert seen["n"] == 4 and seen["ks"] == [1, 4]
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"temperature": -1.0}, "--temperature -1.0: must be >= 0"),
+    ({"top_p": 1.5}, r"--top-p 1.5: must be in \(0, 1\]"),
+    ({"temperature": 0.0, "n": 4, "ks": (1, 4)}, "--temperature 0 --n 4: temperature 0 is greedy decoding"),
+])
+def test_eval_bad_sampling_settings_refused_before_any_work(tmp_path, kw, message):
+    """Bad sampled-mode settings are a usage error before the model is looked for or the output
+    folder created (they used to surface after loading the model, leaving an empty folder, and
+    --temperature 0 --n 4 silently became one response per problem)."""
+    from reasonzoo.evalcmd import run as eval_run
+
+    out = tmp_path / "ev"
+    with pytest.raises(ValueError, match=message):
+        eval_run(tmp_path / "no-model-here", out=out, **kw)
+    assert not out.exists()
+
+
+def test_eval_bad_k_and_file_as_out_are_one_line(tmp_path, capsys):
+    from reasonzoo.evalcmd import main
+
+    assert main([str(tmp_path), "--k", "a"]) == 2
+    assert "--k a: expected comma-separated integers" in capsys.readouterr().err
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    (run / "final" / "config.json").write_text("{}")
+    assert main([str(run), "--out", str(f)]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
