@@ -63,6 +63,9 @@ JOIN = re.compile(r"^(?:\s|\$|,|\\quad|\\text\{\s*(?:and|or)\s*\}|\band\b|\bor\b
 PERCENT = re.compile(r"^(.*?)\s*\\?%\s*$", re.DOTALL)
 #: Wrappers stripped from a whole answer: $...$, $$...$$, \[...\], \(...\).
 WRAPS = (("$$", "$$"), ("$", "$"), ("\\[", "\\]"), ("\\(", "\\)"))
+#: A plain number in E notation (``1e20``, ``2.5E-3``): what a JSONL file's numeric answer keeps as
+#: its text. LaTeX has no E notation, and math-verify reads ``1e20`` as 1·e·20 (Euler's number).
+E_NOTATION = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
 
 @dataclass
@@ -113,10 +116,24 @@ def answer_latex(answer: str) -> str:
         if len(found) == 1 and found[0][0] == 0 and found[0][1] == len(s):
             s, changed = found[0][2].strip(), True
     s = s.rstrip(" .")
+    if E_NOTATION.match(s):
+        s = _e_notation_latex(s)
     pct = PERCENT.match(s)
     if pct and pct.group(1).strip():
         return f"${pct.group(1).strip()}$\\%"
     return f"${s}$"
+
+
+def _e_notation_latex(number: str) -> str:
+    """``1e20`` -> ``100000000000000000000``, ``1e-05`` -> ``0.00001`` (exact decimal digits);
+    mantissa ``\\cdot 10^{...}`` for exponents beyond 100."""
+    from decimal import Decimal
+
+    d = Decimal(number)
+    if abs(d.adjusted()) <= 100:
+        return format(d, "f")
+    mantissa, _, exponent = number.lower().partition("e")
+    return f"{mantissa} \\cdot 10^{{{int(exponent)}}}"
 
 
 def plain(answer: str) -> str:
