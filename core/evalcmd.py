@@ -55,30 +55,31 @@ def _run_config(path: Path) -> Path | None:
 def build_config(path: Path, overrides: Sequence[str]) -> tuple[DictConfig, Path | None]:
     """The evaluation config: defaults + ``overrides`` (Hydra), with every group and inherited key
     that the overrides do not touch taken from the run's saved config when there is one."""
-    from .train import compose
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import open_dict
 
-    cfg = compose(list(overrides))
+    from .train import _check_syntax, _compose_checked
+
+    _check_syntax(list(overrides))
     saved_path = _run_config(path)
-    if saved_path is not None:
-        saved = OmegaConf.load(saved_path)
-        keys = [o.lstrip("+~").split("=", 1)[0] for o in overrides]
-        chosen = {k for k in keys if "." not in k}  # task=jsonl, seed=3: not inherited
-        for key in (*EVAL_GROUPS, *INHERITED):
-            if key not in chosen and key in saved:
-                cfg[key] = saved[key]
-        for o, k in zip(overrides, keys):  # task.eval_fraction=0.5 on an inherited task
-            if "." in k and "=" in o and k.split(".", 1)[0] not in chosen:
-                OmegaConf.update(cfg, k, _yaml_value(o.split("=", 1)[1]), merge=True)
+    saved = OmegaConf.load(saved_path) if saved_path is not None else None
+    keys = [o.lstrip("+~").split("=", 1)[0] for o in overrides]
+    chosen = {k for k in keys if "." not in k}  # task=jsonl, seed=3: not inherited
+    inherited = [k for k in (*EVAL_GROUPS, *INHERITED) if saved is not None and k not in chosen and k in saved]
+    # task.eval_fraction=0.5 on an inherited task (jsonl) is applied to the saved task, after
+    # composing: on the default task (modarith) Hydra would refuse it as an unknown key
+    later = [(o, k) for o, k in zip(overrides, keys) if "." in k and k.split(".", 1)[0] in inherited]
+    cfg = _compose_checked([o for o in overrides if o not in {o for o, _ in later}], check=False)
+    for key in inherited:
+        cfg[key] = saved[key]
+    parser = OverridesParser.create()
+    with open_dict(cfg):  # a misspelt key gets through here and is named by validation
+        for o, k in later:
+            parsed = parser.parse_override(o)
+            if parsed.is_delete() or parsed.is_sweep_override():
+                raise ValueError(f"{o}: only key=value overrides apply to a run's saved {k.split('.', 1)[0]} config")
+            OmegaConf.update(cfg, k, parsed.value(), merge=True)
     return cfg, saved_path
-
-
-def _yaml_value(text: str) -> Any:
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
 
 
 def _out_dir(arg: str | None) -> Path:
@@ -194,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--split", default="eval", help="the task's split: eval (default) or train")
     p.add_argument("--out", default=None, help="output folder (new or empty); default evals/<date>/<time>-<pid>")
     args = p.parse_intermixed_args(argv)  # overrides may come before or after the options
+    from .errors import UsageError
     from .registry import PluginError
 
     try:
@@ -203,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--k {args.k}: expected comma-separated integers, e.g. --k 1,4,8") from None
         run(args.path, args.overrides, n=args.n, ks=ks, temperature=args.temperature, top_p=args.top_p,
             greedy=not args.no_greedy, sampled=not args.no_sampled, split=args.split, out=args.out)
-    except (PluginError, ValueError, FileNotFoundError) as exc:
+    except (PluginError, UsageError, ValueError, FileNotFoundError) as exc:
         if os.environ.get("REASONZOO_DEBUG"):
             raise
         print(f"reasonzoo eval: error: {exc}", file=sys.stderr)

@@ -117,13 +117,33 @@ def _key_of(override: str) -> str:
     return override.lstrip("+~").split("=", 1)[0].split("@", 1)[0]
 
 
-def _compose_checked(overrides: list[str]) -> DictConfig:
+def _check_syntax(overrides: list[str]) -> None:
+    """Each override must parse as a Hydra override; the one that does not is named, with how to
+    quote its value (a shell removes ``'...'``: ``task.prompt_template='{prompt} ...'`` reaches
+    Hydra as ``{prompt} ...``, which Hydra reads as the start of a dictionary)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for o in overrides:
+        try:
+            parser.parse_override(o)
+        except HydraException as exc:
+            key, _, value = o.partition("=")
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            hint = (f"; a value with braces, spaces, quotes or backslashes needs Hydra's quotes inside the shell's: "
+                    f"\"{key}='{value}'\"") if value and not value.startswith(("'", '"')) else ""
+            raise UsageError(f"{o}: not a valid override ({why}){hint}") from None
+
+
+def _compose_checked(overrides: list[str], check: bool = True) -> DictConfig:
     """Compose and validate ``overrides`` as ``reasonzoo-train`` would, with Hydra's errors turned
-    into the project's one-line messages.
+    into the project's one-line messages (``check=False``: compose only; the caller validates).
 
     An override of a key that does not exist (Hydra: "Could not override 'loss.taus'", which
     suggests ``+loss.taus``) is composed again as an addition, so that validation names the key,
-    the plugin and its allowed keys; an unknown plugin names the available ones.
+    the plugin and its allowed keys; an unknown plugin names the available ones; an override
+    Hydra cannot parse is named with how to quote it.
 
     :raises PluginError: a config mistake. :raises UsageError: another malformed override.
     """
@@ -131,6 +151,7 @@ def _compose_checked(overrides: list[str]) -> DictConfig:
 
     from .config import validate
 
+    _check_syntax(list(overrides))
     attempt = list(overrides)
     for _ in range(len(overrides) + 1):
         try:
@@ -148,7 +169,8 @@ def _compose_checked(overrides: list[str]) -> DictConfig:
                 attempt[bad[0]] = "+" + attempt[bad[0]]
                 continue
             raise UsageError("; ".join(line.strip() for line in str(exc).splitlines() if line.strip())) from None
-        validate(cfg)
+        if check:
+            validate(cfg)
         return cfg
     raise UsageError(f"cannot compose the overrides {overrides}")
 
@@ -188,6 +210,7 @@ def _preflight(args: list[str]) -> list[str]:
             or ns.config_name or getattr(ns, "experimental_rerun", None):
         return []
     overrides = list(ns.overrides)
+    _check_syntax(overrides)
     try:
         jobs = _sweep_jobs(overrides) if ns.multirun else [overrides]
     except HydraException as exc:

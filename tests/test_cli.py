@@ -202,3 +202,18 @@ def test_sweep_expansion_for_validation():
         ["seed=1", "sampler=uniform", "iterations=2"], ["seed=1", "sampler=curriculum", "iterations=2"],
         ["seed=2", "sampler=uniform", "iterations=2"], ["seed=2", "sampler=curriculum", "iterations=2"]]
     assert _sweep_jobs(["sampler=glob(*)", "seed=1,2"]) == [["seed=1"], ["seed=2"]]  # glob: left to Hydra
+
+
+def test_unquoted_template_override_names_itself_and_how_to_quote(tmp_path, monkeypatch, capsys):
+    """A shell drops the quotes of task.prompt_template='{prompt} ... \\boxed{}.', so Hydra gets
+    `{prompt} ...` and said only "no viable alternative at input '{prompt}'" (naming no override)."""
+    bad = "task.prompt_template={prompt} Put your final answer within \\boxed{}."
+    quoted = "\"task.prompt_template='{prompt} Put your final answer within \\boxed{}.'\""
+    for r in (_train_main(["task=jsonl", "task.train_path=x.jsonl", bad], tmp_path, monkeypatch, capsys),
+              _train_main(["-m", "task=jsonl", "task.train_path=x.jsonl", bad], tmp_path, monkeypatch, capsys),
+              _cli_main(["config", "task=jsonl", bad], capsys)):
+        _one_line_error(r, EXIT_USAGE, f"{bad}: not a valid override (no viable alternative at input '{{prompt}}')")
+        assert quoted in r.stderr
+    assert list(tmp_path.iterdir()) == []
+    cfg = _cli_main(["config", "task=jsonl", "task.train_path=x.jsonl", quoted.strip('"')], capsys)
+    assert cfg.returncode == 0

@@ -170,3 +170,49 @@ def test_eval_bad_k_and_file_as_out_are_one_line(tmp_path, capsys):
     (run / "final" / "config.json").write_text("{}")
     assert main([str(run), "--out", str(f)]) == 2
     assert "exists and is not a folder" in capsys.readouterr().err
+
+
+def _saved_run(tmp_path, overrides):
+    """A run directory as `reasonzoo eval` reads it: the saved config and a (fake) final model."""
+    from omegaconf import OmegaConf
+
+    from reasonzoo.train import compose
+    from reasonzoo.trainer import CONFIG_FILE
+
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    (run / "final" / "config.json").write_text("{}")
+    OmegaConf.save(compose(overrides), run / CONFIG_FILE)
+    return run
+
+
+def test_eval_override_of_an_inherited_task_key(tmp_path):
+    """`reasonzoo eval <jsonl run> task.eval_fraction=0.5` (the README's example of changing the
+    run's own config) composed the override on the default task first and died with Hydra's
+    "Could not override 'task.eval_fraction'" traceback."""
+    from reasonzoo.evalcmd import build_config
+
+    run = _saved_run(tmp_path, ["task=jsonl", "task.train_path=/data/p.jsonl", "reward=math", "seed=7"])
+    cfg, saved = build_config(run, ["task.eval_fraction=0.5", "task.prompt_template='{prompt} Box it: \\boxed{}.'",
+                                    "generation.max_new_tokens=5"])
+    assert saved == run / "reasonzoo_config.yaml"
+    assert cfg.task.name == "jsonl" and cfg.task.train_path == "/data/p.jsonl" and cfg.task.eval_fraction == 0.5
+    assert cfg.task.prompt_template == "{prompt} Box it: \\boxed{}." and cfg.reward.name == "math"
+    assert cfg.seed == 7 and cfg.generation.max_new_tokens == 5
+
+
+@pytest.mark.parametrize("override, message", [
+    ("task.eval_fractoin=0.5", "task.eval_fractoin: unknown key for plugin task/jsonl"),
+    ("reward=nope", "reward=nope: unknown plugin; available reward plugins: answer,"),
+    ("sampler.nope=1", "sampler.nope: unknown key for plugin sampler/"),
+    ("task.x={a b", "task.x={a b: not a valid override"),
+])
+def test_eval_config_mistakes_are_one_line_usage_errors(tmp_path, capsys, override, message):
+    """Config mistakes after the path were Hydra tracebacks (exit 1), unlike reasonzoo-train's."""
+    from reasonzoo.cli import main
+
+    run = _saved_run(tmp_path, ["task=jsonl", "task.train_path=/data/p.jsonl", "reward=math"])
+    assert main(["eval", str(run), override, "--out", str(tmp_path / "ev")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "ev").exists()
