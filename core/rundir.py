@@ -25,7 +25,10 @@ from .errors import RunDirError
 LOCK_FILE = ".reasonzoo.lock"
 #: Files and folders that make a directory hold a run (written by ``reasonzoo.trainer``).
 RUN_OUTPUTS = ("reasonzoo_config.yaml", "metrics.jsonl", "checkpoints", "summary.json", "final", "distilled",
-               "progress.png")
+               "progress.png", "wandb")
+#: The run's log (``reasonzoo.runlog.LOG_FILE``; Hydra's job log has the same name): not a sign of a
+#: run by itself, but an old run's lines are dropped when it is replaced.
+LOG_NAME = "train.log"
 _TMP = re.compile(r"^\.(?:tmp-.*-|.*\.tmp)(\d+)$")
 
 
@@ -70,14 +73,33 @@ def check_fresh(run_dir: str | Path, overwrite: bool) -> list[str]:
     return found
 
 
-def clear_run(run_dir: str | Path) -> None:
-    """Remove the outputs of the run held in ``run_dir`` (for ``overwrite=true``)."""
+def log_size(run_dir: str | Path) -> int:
+    """Bytes in ``run_dir``'s log now (0 when there is none): where a new run's lines will start."""
+    try:
+        return (Path(run_dir) / LOG_NAME).stat().st_size
+    except OSError:
+        return 0
+
+
+def clear_run(run_dir: str | Path, old_log_bytes: int = 0) -> None:
+    """Remove the outputs of the run held in ``run_dir`` (for ``overwrite=true``), and drop the
+    first ``old_log_bytes`` of its log (the old run's lines; what the new run logged since is
+    kept). The log is rewritten in place, not replaced, because a log handler (Hydra's) may hold
+    it open in append mode."""
     for name in RUN_OUTPUTS:
         p = Path(run_dir) / name
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
         elif p.exists() or p.is_symlink():
             p.unlink()
+    log = Path(run_dir) / LOG_NAME
+    if old_log_bytes > 0 and log.is_file() and not log.is_symlink():
+        with open(log, "r+b") as f:
+            f.seek(old_log_bytes)
+            new = f.read()
+            f.seek(0)
+            f.write(new)
+            f.truncate()
 
 
 def _alive(pid: int) -> bool:

@@ -34,7 +34,7 @@ from .evaluation import EvalSettings, eval_split, training_metrics
 from .evaluation import evaluate as run_eval
 from .registry import PluginError, build_plugins, make_manager
 from .errors import RunInterrupted, signals_raise
-from .rundir import RunLock, check_fresh, clear_run, is_finished, remove_stale_temporaries
+from .rundir import RunLock, check_fresh, clear_run, is_finished, log_size, remove_stale_temporaries
 from .runlog import eval_line, iteration_line, log_to_run_dir, progress_bars
 from .types import FinishReason, Generation, Problem, Rollout, RolloutGroup, Segment, TrainBatch
 
@@ -259,13 +259,14 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if rc.resume and is_finished(run_dir):
         return _finished(run_dir)
-    if not rc.resume:
-        check_fresh(run_dir, rc.overwrite)
+    old_log_bytes = 0
+    if not rc.resume and check_fresh(run_dir, rc.overwrite):
+        old_log_bytes = log_size(run_dir)  # the replaced run's lines, dropped once set-up succeeds
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir):
         try:
             with signals_raise():  # SIGINT / SIGTERM: abandon the current step, keep the last checkpoint
-                return _train_locked(cfg, run_dir)
+                return _train_locked(cfg, run_dir, old_log_bytes)
         except RunInterrupted as exc:
             exc.run_dir = run_dir
             try:
@@ -289,8 +290,8 @@ def _finished(run_dir: Path) -> dict[str, Any]:
     return summary
 
 
-def _train_locked(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """:func:`train` with ``run_dir``'s lock held."""
+def _train_locked(cfg: DictConfig, run_dir: Path, old_log_bytes: int = 0) -> dict[str, Any]:
+    """:func:`train` with ``run_dir``'s lock held (``old_log_bytes``: see :func:`clear_run`)."""
     from .report import plot_metrics, summary_table
 
     rc = validate(cfg)
@@ -333,7 +334,7 @@ def _train_locked(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                           f"problems of task={cfg.task.name}; allowed: 1 to {len(train_problems)}")
     if ckpt is None:  # set-up succeeded: only now may an old run be replaced (overwrite=true)
         if not rc.resume:
-            clear_run(run_dir)
+            clear_run(run_dir, old_log_bytes)
             atomic_write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg))
         metrics_path.unlink(missing_ok=True)  # resume= before the first checkpoint starts afresh
     engine.sync_weights()

@@ -262,3 +262,38 @@ def test_run_directory_turned_read_only_mid_run_is_one_line_and_keeps_the_checkp
     assert "Traceback" not in err
     ckpt = latest_checkpoint(run)  # the host's view: the mount was private to the run
     assert load_state(ckpt)["iteration"] >= 2 and not (run / "final").exists()
+
+
+@pytest.mark.parametrize("hydra_handler", [False, True])
+def test_overwrite_drops_the_old_runs_log_lines_and_wandb_folder(tmp_path, tiny_overrides, hydra_handler):
+    """overwrite=true replaced metrics and checkpoints but left the old run's lines at the top of
+    train.log and its offline wandb/ run beside the new one. With Hydra, the log is held open in
+    append mode by Hydra's handler from before set-up: what the new run logged stays, in order."""
+    import logging
+
+    run = tmp_path / "run"
+    fast = [o for o in tiny_overrides if not o.startswith("warmup.")] + [
+        "iterations=1", "eval.every=0", "eval.before=false", "warmup=none"]
+    train(compose(fast), run)
+    (run / "wandb" / "offline-run-old").mkdir(parents=True)
+    old_lines = (run / "train.log").read_text().splitlines()
+    assert sum("run directory:" in line for line in old_lines) == 1
+    handler = None
+    if hydra_handler:
+        handler = logging.FileHandler(run / "train.log", mode="a", encoding="utf-8")
+        logging.getLogger().addHandler(handler)
+    try:
+        train(compose(fast + ["overwrite=true", "seed=1"]), run)
+        logging.getLogger("reasonzoo").warning("a line after the run")
+    finally:
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+    text = (run / "train.log").read_text()
+    assert "\0" not in text
+    lines = text.splitlines()
+    assert sum("run directory:" in line for line in lines) == 1, text
+    assert not set(old_lines) & set(lines)
+    assert "run directory:" in lines[0]
+    assert "run finished" in lines[-1 - hydra_handler] and ("a line after the run" in lines[-1]) == hydra_handler
+    assert not (run / "wandb").exists()
