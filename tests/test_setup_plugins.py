@@ -119,3 +119,22 @@ def test_wandb_offline_logger(make_ctx, tmp_path, monkeypatch):
     assert not hasattr(NoLogger, "rz_log_metrics")
     with pytest.raises(ValueError, match="logger.mode='cloud'"):
         Wandb(WandbConfig(mode="cloud"))
+
+
+def test_wandb_run_id_is_per_run_not_per_path(make_ctx, monkeypatch):
+    """The wandb id was a hash of the run directory's path: a run replacing another
+    (overwrite=true) or one at the same path on another machine resumed the old wandb run
+    (resume="allow") and logged its steps into it. Now: one id per run, kept for resume=."""
+    from reasonzoo.rundir import clear_run
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    ids = []
+    for _ in range(3):
+        ctx = make_ctx()
+        logger = Wandb(WandbConfig())
+        logger.rz_run_start(ctx)
+        ids.append(logger.run.id)
+        logger.rz_run_end(ctx, {})
+        if len(ids) == 2:
+            clear_run(ctx.run_dir)  # what overwrite=true does once the new run's set-up succeeded
+    assert ids[0] == ids[1] != ids[2]  # the second start is a resume of the first run

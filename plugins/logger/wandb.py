@@ -1,11 +1,17 @@
 """Weights & Biases logging, offline by default: the run is written under ``<run dir>/wandb`` and
 needs no network or account (``wandb sync`` uploads it later). ``mode: online`` logs live when
 the user has configured wandb.
+
+The wandb run id is made once per run and kept in ``<run dir>/wandb/reasonzoo_run_id``: a
+``resume=`` continues the same wandb run, while a new run gets a new id even in a directory used
+before (``overwrite=true`` removes ``wandb/``) or at the same path on another machine (an id
+derived from the path merged all of those into one wandb run).
 """
 from __future__ import annotations
 
-import hashlib
 import os
+import uuid
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -14,6 +20,23 @@ from omegaconf import OmegaConf
 from reasonzoo import hookimpl, plugin
 
 MODES = ("offline", "online", "disabled")
+ID_FILE = "reasonzoo_run_id"
+
+
+def run_id(run_dir: Path) -> str:
+    """This run's wandb id: read from ``run_dir/wandb/reasonzoo_run_id``, or made (random) and
+    written there the first time."""
+    path = Path(run_dir) / "wandb" / ID_FILE
+    try:
+        saved = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        saved = ""
+    if saved:
+        return saved
+    new = "rz-" + uuid.uuid4().hex[:16]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(new + "\n", encoding="utf-8")
+    return new
 
 
 @dataclass
@@ -42,7 +65,7 @@ class Wandb:
         self.run = wandb.init(
             mode=self.cfg.mode, project=self.cfg.project, entity=self.cfg.entity, tags=list(self.cfg.tags),
             dir=str(ctx.run_dir), name=ctx.run_dir.name, config=OmegaConf.to_container(ctx.cfg, resolve=True),
-            resume="allow", id="rz-" + hashlib.sha1(str(ctx.run_dir.resolve()).encode()).hexdigest()[:12],
+            resume="allow", id=run_id(ctx.run_dir),
             settings=wandb.Settings(console="off", x_disable_stats=True),
         )
 
