@@ -23,6 +23,7 @@ import re
 import secrets
 import signal
 import tempfile
+import threading
 import time
 
 _counter = itertools.count()
@@ -32,6 +33,7 @@ PREFIX = "reasonzoo-sandbox-"
 _NAME = re.compile(PREFIX + r"([0-9a-f]{8})-.+")
 _owner_fd: int | None = None
 _swept = False
+_owner_guard = threading.Lock()  # pools create workers from several threads: one lock file open, one sweep
 CONTROLLERS = ("memory", "pids", "cpuacct")
 """v1 controllers used: memory limit + OOM count, pids limit, CPU time (bwrap backend only)."""
 
@@ -86,7 +88,9 @@ def lock_dir() -> str:
 
 
 def _hold_owner_lock() -> None:
-    """Take this process's owner lock (once; held until the process ends)."""
+    """Take this process's owner lock (once; held until the process ends). Callers hold
+    ``_owner_guard``: a second ``open`` + ``flock`` of the same file from another thread of this
+    process would wait for the first forever (flock locks belong to open file descriptions)."""
     global _owner_fd
     if _owner_fd is None:
         os.makedirs(lock_dir(), mode=0o700, exist_ok=True)
@@ -159,10 +163,11 @@ class WorkerCgroups:
 
     def __init__(self, bases: dict[str, str], tag: str, controllers: tuple[str, ...] = CONTROLLERS):
         global _swept
-        _hold_owner_lock()
-        if not _swept:  # groups of owners killed before they could clean up (module docstring)
-            _swept = True
-            remove_stale(bases)
+        with _owner_guard:
+            _hold_owner_lock()
+            if not _swept:  # groups of owners killed before they could clean up (module docstring)
+                _swept = True
+                remove_stale(bases)
         self.dirs: dict[str, str] = {}
         for ctrl, base in bases.items():
             if ctrl not in controllers:

@@ -270,3 +270,33 @@ def test_groups_of_a_killed_run_are_removed_by_the_next(backend, tmp_path):
         for p in (live, victim):
             p.kill()
             p.wait()
+
+
+CONCURRENT_WORKERS = """
+import threading, time
+from reasonzoo.sandbox import cgroups
+bases, _ = cgroups.controller_dirs()
+slow_dir = cgroups.lock_dir
+cgroups.lock_dir = lambda: (time.sleep(0.05), slow_dir())[1]  # widen the window between check and lock
+barrier = threading.Barrier(6)
+made = []
+def make(i):
+    barrier.wait()
+    made.append(cgroups.WorkerCgroups(bases, f"t{i}"))
+threads = [threading.Thread(target=make, args=(i,)) for i in range(6)]
+for t in threads: t.start()
+for t in threads: t.join()
+for g in made: g.remove()
+print(len(made))
+"""
+
+
+def test_workers_created_from_many_threads_at_once_do_not_deadlock():
+    """A pool creates its workers from several threads: the owner lock is taken once per process
+    (a second open + flock of the same file in the same process would wait forever; the slow
+    HumanEval test hung on it)."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", CONCURRENT_WORKERS], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout.strip() == "6", res.stderr
