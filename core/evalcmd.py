@@ -131,53 +131,64 @@ def run(path: str | Path, overrides: Sequence[str] = (), *, n: int = 8, ks: Sequ
     cfg, saved = build_config(path, overrides)
     cfg.model.path = str(model_dir.resolve())
     rc = validate(cfg)
+    existed = out is not None and Path(out).is_dir()
     out_dir = _out_dir(str(out) if out is not None else None)
-    torch.set_num_threads(rc.threads)
-    transformers.utils.logging.disable_progress_bar()
-    plugins = {k: v for k, v in build_plugins(cfg).items() if k.split("/")[0] in EVAL_GROUPS}
-    hook = make_manager(plugins).hook
-    ctx = RunContext(cfg=cfg, hook=hook, run_dir=out_dir, iteration=0)
-    problems = eval_split(hook.rz_load_problems(ctx=ctx, split=split), rc.eval.problems_per_difficulty)
-    ctx.policy = hook.rz_build_policy(ctx=ctx)
-    ctx.engine = hook.rz_build_engine(ctx=ctx, policy=ctx.policy)
-    modes = ([("greedy", EvalSettings(n=1, temperature=0.0, max_new_tokens=rc.generation.max_new_tokens,
-                                      batch_size=rc.eval.batch_size, ks=(1,), stream="eval-greedy"))] if greedy else [])
-    if sampled:
-        modes.append(("sampled", EvalSettings(n=n, temperature=temperature, top_p=top_p, ks=tuple(ks),
-                                              max_new_tokens=rc.generation.max_new_tokens,
-                                              batch_size=max(1, rc.eval.batch_size // n), stream="eval-sampled")))
-    result: dict[str, Any] = {
-        "model": str(model_dir), "run_config": str(saved) if saved else None, "split": split,
-        "task": OmegaConf.to_container(cfg.task, resolve=True), "reward": OmegaConf.to_container(cfg.reward, resolve=True),
-        "seed": rc.seed, "max_new_tokens": rc.generation.max_new_tokens, "modes": {},
-    }
-    tables = []
     try:
-        with open(out_dir / "samples.jsonl", "w") as samples:
-            for name, settings in modes:
-                t0 = time.perf_counter()
-                res = evaluate(ctx, problems, settings)
-                rep = report(res, settings.ks)
-                rep["settings"] = {"n": settings.n, "temperature": settings.temperature, "top_p": settings.top_p,
-                                   "ks": list(settings.ks)}
-                rep["seconds"] = time.perf_counter() - t0
-                result["modes"][name] = rep
-                tables.append(markdown_table(rep, f"{name} (n={settings.n}, T={settings.temperature})"))
-                for r in res:
-                    for i in range(r.n):
-                        samples.write(json.dumps({
-                            "uid": r.uid, "difficulty": r.difficulty, "mode": name, "sample": i, "text": r.texts[i],
-                            "extracted": r.answers[i], "correct": r.correct[i], "tokens": r.lengths[i],
-                            "truncated": r.truncated[i]}) + "\n")
-    finally:
-        hook.rz_run_end(ctx=ctx, summary={"eval": True})
-    (out_dir / "eval.json").write_text(json.dumps(result, indent=1))
-    md = f"# reasonzoo eval: {model_dir}\n\n" + "\n\n".join(tables) + "\n"
-    (out_dir / "eval.md").write_text(md)
-    result["out"] = str(out_dir)
-    if not quiet:
-        print(md)
-        print(f"reasonzoo eval: results in {out_dir}")
+        torch.set_num_threads(rc.threads)
+        transformers.utils.logging.disable_progress_bar()
+        plugins = {k: v for k, v in build_plugins(cfg).items() if k.split("/")[0] in EVAL_GROUPS}
+        hook = make_manager(plugins).hook
+        ctx = RunContext(cfg=cfg, hook=hook, run_dir=out_dir, iteration=0)
+        problems = eval_split(hook.rz_load_problems(ctx=ctx, split=split), rc.eval.problems_per_difficulty)
+        ctx.policy = hook.rz_build_policy(ctx=ctx)
+        ctx.engine = hook.rz_build_engine(ctx=ctx, policy=ctx.policy)
+        modes = ([("greedy", EvalSettings(n=1, temperature=0.0, max_new_tokens=rc.generation.max_new_tokens,
+                                          batch_size=rc.eval.batch_size, ks=(1,), stream="eval-greedy"))] if greedy else [])
+        if sampled:
+            modes.append(("sampled", EvalSettings(n=n, temperature=temperature, top_p=top_p, ks=tuple(ks),
+                                                  max_new_tokens=rc.generation.max_new_tokens,
+                                                  batch_size=max(1, rc.eval.batch_size // n), stream="eval-sampled")))
+        result: dict[str, Any] = {
+            "model": str(model_dir), "run_config": str(saved) if saved else None, "split": split,
+            "task": OmegaConf.to_container(cfg.task, resolve=True), "reward": OmegaConf.to_container(cfg.reward, resolve=True),
+            "seed": rc.seed, "max_new_tokens": rc.generation.max_new_tokens, "modes": {},
+        }
+        tables = []
+        try:
+            with open(out_dir / "samples.jsonl", "w") as samples:
+                for name, settings in modes:
+                    t0 = time.perf_counter()
+                    res = evaluate(ctx, problems, settings)
+                    rep = report(res, settings.ks)
+                    rep["settings"] = {"n": settings.n, "temperature": settings.temperature, "top_p": settings.top_p,
+                                       "ks": list(settings.ks)}
+                    rep["seconds"] = time.perf_counter() - t0
+                    result["modes"][name] = rep
+                    tables.append(markdown_table(rep, f"{name} (n={settings.n}, T={settings.temperature})"))
+                    for r in res:
+                        for i in range(r.n):
+                            samples.write(json.dumps({
+                                "uid": r.uid, "difficulty": r.difficulty, "mode": name, "sample": i, "text": r.texts[i],
+                                "extracted": r.answers[i], "correct": r.correct[i], "tokens": r.lengths[i],
+                                "truncated": r.truncated[i]}) + "\n")
+        finally:
+            hook.rz_run_end(ctx=ctx, summary={"eval": True})
+        (out_dir / "eval.json").write_text(json.dumps(result, indent=1))
+        md = f"# reasonzoo eval: {model_dir}\n\n" + "\n\n".join(tables) + "\n"
+        (out_dir / "eval.md").write_text(md)
+        result["out"] = str(out_dir)
+        if not quiet:
+            print(md)
+            print(f"reasonzoo eval: results in {out_dir}")
+    except BaseException:  # a failed set-up leaves no empty output folder behind
+        if not existed and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+            for parent in ([] if out is not None else [out_dir.parent, out_dir.parent.parent]):  # evals/<date>, evals
+                try:
+                    parent.rmdir()
+                except OSError:  # not empty
+                    break
+        raise
     return result
 
 

@@ -216,3 +216,22 @@ def test_eval_config_mistakes_are_one_line_usage_errors(tmp_path, capsys, overri
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "ev").exists()
+
+
+def test_eval_failed_set_up_leaves_no_output_folder(tmp_path, monkeypatch):
+    """A task that fails to load (a missing data file, a wrong task.fields.*) left an empty
+    evals/<date>/<time>-<pid> (or --out) folder behind; a pre-existing empty --out stays."""
+    from reasonzoo.evalcmd import run as eval_run
+
+    run = _saved_run(tmp_path, ["task=jsonl", f"task.train_path={tmp_path}/missing.jsonl", "reward=math"])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        eval_run(run, n=2, ks=(1,), quiet=True)
+    assert not (tmp_path / "evals").exists()
+    with pytest.raises(FileNotFoundError):
+        eval_run(run, n=2, ks=(1,), out=tmp_path / "ev", quiet=True)
+    assert not (tmp_path / "ev").exists()
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(FileNotFoundError):
+        eval_run(run, n=2, ks=(1,), out=tmp_path / "mine", quiet=True)
+    assert (tmp_path / "mine").is_dir()
