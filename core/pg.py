@@ -22,10 +22,12 @@ Shapes: ``N`` rollouts, ``T-1`` next-token targets (see :mod:`reasonzoo.types`).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from .ranges import ranged
 from .registry import hookimpl
 from .types import LossOutput, TrainBatch
 
@@ -200,6 +202,18 @@ def aggregate(token_loss: torch.Tensor, mask: torch.Tensor, mode: str, norm_leng
     else:
         raise ValueError(f"aggregation {mode!r}: allowed values are {', '.join(AGGREGATIONS)}")
     return (per_row * rows).sum() / max(d, 1.0), d
+
+
+@dataclass
+class SequencePGConfig:
+    """Options of an unclipped sequence-level policy-gradient loss (``loss/reinforce``,
+    ``loss/rloo``): they differ only in the baseline, so they share this config."""
+
+    aggregation: str = "seq-mean-token-sum"  #: how token losses are reduced (sequence log-prob: the papers')
+    norm_length: int = ranged(0, ge=0)  #: seq-mean-token-sum-norm's constant; 0 = generation.max_new_tokens
+    kl_coef: float = ranged(0.0, ge=0)  #: weight of the KL to the frozen post-warm-up policy; 0 = no reference
+    kl_estimator: str = "k3"  #: k1, k2 or k3 (Schulman 2020)
+    exclude_stale_segments: bool = False  #: leave tokens from older policy versions (partial rollouts) out of the loss
 
 
 def has_dropout(model) -> bool:

@@ -23,17 +23,12 @@ from dataclasses import dataclass
 import torch
 
 from reasonzoo import plugin
-from reasonzoo.pg import PolicyGradientLoss, group_baselines
-from reasonzoo.ranges import ranged
+from reasonzoo.pg import PolicyGradientLoss, SequencePGConfig, group_baselines
 
 
 @dataclass
-class ReinforceLossConfig:
-    aggregation: str = "seq-mean-token-sum"  #: how token losses are reduced (sequence log-prob)
-    norm_length: int = ranged(0, ge=0)  #: seq-mean-token-sum-norm's constant; 0 = generation.max_new_tokens
-    kl_coef: float = ranged(0.0, ge=0)  #: weight of the KL to the frozen post-warm-up policy; 0 = no reference
-    kl_estimator: str = "k3"  #: k1, k2 or k3 (Schulman 2020)
-    exclude_stale_segments: bool = False  #: leave tokens from older policy versions (partial rollouts) out of the loss
+class ReinforceLossConfig(SequencePGConfig):
+    """The shared unclipped sequence-level options (:class:`reasonzoo.pg.SequencePGConfig`)."""
 
 
 @plugin("loss", "reinforce", ReinforceLossConfig)
