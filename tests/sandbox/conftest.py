@@ -22,11 +22,18 @@ os.environ[SECRET_ENV] = SECRET_VALUE  # set before any pool starts: must never 
 def secret_env_value() -> str:
     return SECRET_VALUE
 
-def _pool(backend: str) -> SandboxPool:
+def _pool(backend: str, workers: int = 2) -> SandboxPool:
     info = probe()
     if info.backends[backend]:
         pytest.fail(f"sandbox backend {backend!r} unavailable on this host: {info.backends[backend]}")
-    return SandboxPool(backend=backend, workers=2)
+    return SandboxPool(backend=backend, workers=workers)
+
+
+@pytest.fixture(scope="session")
+def make_pool():
+    """``make_pool(backend, workers=2)``: a pool of an isolating backend, failing (not skipping)
+    with the probe's reason when the host lacks it."""
+    return _pool
 
 
 @pytest.fixture(scope="session")

@@ -11,19 +11,15 @@ import textwrap
 
 import pytest
 
-from reasonzoo.sandbox import Limits, SandboxPool, probe
+from reasonzoo.sandbox import Limits, SandboxPool
 
 ISOLATING = ("forkserver", "bwrap")
 FAST = Limits(cpu_s=1.0, wall_s=3.0, memory_bytes=256 << 20, processes=8, open_files=32)
 
 
 @pytest.fixture(scope="module")
-def solo_pools():
-    info = probe()
-    for name in ISOLATING:
-        if info.backends[name]:
-            pytest.fail(f"sandbox backend {name!r} unavailable on this host: {info.backends[name]}")
-    pools = {name: SandboxPool(backend=name, workers=1) for name in ISOLATING}
+def solo_pools(make_pool):
+    pools = {name: make_pool(name, workers=1) for name in ISOLATING}
     yield pools
     for p in pools.values():
         p.close()
