@@ -4,6 +4,7 @@
     reasonzoo hooks              the hook points, exclusive or additive, in call order
     reasonzoo config [k=v ...]   the composed config that ``reasonzoo-train k=v ...`` would run
     reasonzoo eval PATH [k=v ...] pass@k, mean@n, maj@n of a run, checkpoint or model folder
+    reasonzoo report PATH ...     markdown tables and plots of sweeps / runs, arms named by their overrides
 """
 from __future__ import annotations
 
@@ -66,12 +67,20 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("config", help="print the composed config")
     c.add_argument("overrides", nargs="*", help="Hydra overrides, as for reasonzoo-train")
     sub.add_parser("eval", help="evaluate a run, checkpoint or model folder (reasonzoo eval -h)")
+    from .ablation_report import add_arguments as report_arguments
+
+    report_arguments(sub.add_parser("report", help="markdown tables (mean ± std over seeds per arm) and plots of "
+                                    "sweep or run directories (reasonzoo.ablation_report)"))
     args = p.parse_args(argv)
     try:
         if args.cmd == "plugins":
             return _plugins()
         if args.cmd == "hooks":
             return _hooks()
+        if args.cmd == "report":
+            from .ablation_report import run_command
+
+            return run_command(args)
         return _config(args.overrides)
     except (Exception, KeyboardInterrupt) as exc:  # known errors: one line and an exit code; unknown ones keep their traceback
         return report(exc)
