@@ -13,7 +13,8 @@ Arms. Runs are grouped by their command-line overrides without ``seed`` (and wit
 ``hydra.*``, ``resume``, ``overwrite``); a run without ``.hydra/overrides.yaml`` is grouped by its
 flattened ``reasonzoo_config.yaml`` instead (also without ``cache_dir`` and ``progress``). An arm is
 named by the overrides that differ between the arms of its table (``recipe=rest``); a key one arm
-does not override is named with that arm's configured value; ``(all same)`` when nothing differs.
+does not override is named with that arm's configured value (``sampler=uniform``), or
+``key=(default)`` where the config does not hold it (a recipe); ``(all same)`` when nothing differs.
 
 Per arm (mean ± sample std over its runs, std with n − 1; one run: the mean alone):
 
@@ -155,8 +156,8 @@ def load_run(path: Path) -> Run:
     path = Path(path)
     mfile = path / "metrics.jsonl"
     if not mfile.is_file():
-        raise ValueError(f"{path}: run directory without metrics.jsonl (the run failed or stopped before its "
-                         f"first record); remove it or leave it out")
+        raise ValueError(f"{path}: run directory without metrics.jsonl (the run failed before its first record, or "
+                         f"has not written it yet); remove it or leave it out")
     records = []
     try:
         lines = mfile.read_text(encoding="utf-8").splitlines()
@@ -289,10 +290,10 @@ def group_arms(source: str, runs: Sequence[Run], command: list[str] | None = Non
                 v = s[f"{k}.name"]
             elif k in s:
                 v = s[k]
-            else:
+            else:  # not overridden in this arm: its configured value, if the config has the key
                 v = _configured(run, k)
                 if v is None:
-                    continue
+                    v = "(default)" if use_overrides else "(unset)"
             parts.append(f"{k}={_fmt_value(v)}")
         arms.setdefault(" ".join(parts) if differing else "(all same)", []).append(run)
     return Table(source=source, arms=arms, common=common, command=command)
@@ -380,7 +381,8 @@ def render_table(rows: Sequence[ArmRow], target: float) -> str:
             "final length", f"wall ({'min' if minutes else 's'})", "iterations"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for r in rows:
-        name = r.name.replace("|", "\\|") + (" (unfinished)" if r.unfinished else "")
+        name = r.name.replace("|", "\\|")  # a pipe ends a cell even inside a code span
+        name = (name if name == "(all same)" else f"`{name}`") + (" (unfinished)" if r.unfinished else "")
         its = str(r.iterations[0]) if r.iterations[0] == r.iterations[1] else f"{r.iterations[0]}–{r.iterations[1]}"
         lines.append("| " + " | ".join([
             name, str(r.n), _cell(r.initial, ".3f"), _cell(r.final, ".3f"), _cell(r.best, ".3f"),
@@ -426,9 +428,9 @@ def _series(runs: Sequence[Run], key: str, x: str, evals: bool = True):
     return xs, [sum(y) / len(y) for y in ys], [min(y) for y in ys], [max(y) for y in ys]
 
 
-def write_plots(table: Table, out: Path, prefix: str) -> list[tuple[str, str]]:
-    """Write the table's PNGs into ``out`` as ``<prefix>_<plot>.png``; returns ``(caption, file name)``
-    for each written."""
+def write_plots(table: Table, out: Path, prefix: str, target: float | None = None) -> list[tuple[str, str]]:
+    """Write the table's PNGs into ``out`` as ``<prefix>_<plot>.png`` (``target``: a dotted line on
+    the accuracy plots); returns ``(caption, file name)`` for each written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -455,6 +457,8 @@ def write_plots(table: Table, out: Path, prefix: str) -> list[tuple[str, str]]:
                                      ("_seconds", "wall seconds (RL, evaluation excluded)")]):
         for name, runs in table.arms.items():
             band(ax, runs, "eval/accuracy", x, name)
+        if target is not None:
+            ax.axhline(target, ls=":", lw=1, color="grey")
         ax.set(xlabel=label, ylabel="held-out pass@1", ylim=(0, 1.02))
     axes[0].legend(fontsize=7)
     save(fig, "accuracy", "held-out accuracy against iterations, generated tokens and wall time")
@@ -532,19 +536,20 @@ def build_report(paths: Sequence[str | Path], out: str | Path | None = None, tar
             md += [f"Common overrides: `{' '.join(t.common)}`", ""]
         md += [text, ""]
         unfinished = [r for runs in t.arms.values() for r in runs if not r.finished]
-        stopped = [(r, r.summary["stopped_by"]) for runs in t.arms.values() for r in runs
-                   if r.summary and r.summary.get("stopped_by")]
+        stopped = [(r, r.summary["stopped_by"]) for runs in t.arms.values() for r in runs  # by a budget.*
+                   if r.summary and r.summary.get("stopped_by") not in (None, "iterations")]
         if unfinished:
-            md += ["Unfinished (no summary.json; last record shown): " + ", ".join(f"`{r.path}`" for r in unfinished), ""]
+            md += ["Unfinished (no summary.json; their last evaluation counts as final): "
+                   + ", ".join(f"`{r.path}` (seed {r.seed})" for r in unfinished), ""]
         if stopped:
-            md += ["Stopped early: " + ", ".join(f"`{r.path}` ({why})" for r, why in stopped), ""]
+            md += ["Stopped by a budget: " + ", ".join(f"`{r.path}` (budget.{why})" for r, why in stopped), ""]
         if plots:
             base = _slug(Path(t.source).name)
             prefix, k = base, 2
             while prefix in prefixes:
                 prefix, k = f"{base}-{k}", k + 1
             prefixes.add(prefix)
-            for caption, name in write_plots(t, out, prefix):
+            for caption, name in write_plots(t, out, prefix, target):
                 md += [f"![{caption}]({name})", ""]
     text = "\n".join(md).rstrip() + "\n"
     (out / "report.md").write_text(text, encoding="utf-8")

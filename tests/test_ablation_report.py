@@ -2,8 +2,6 @@
 directories, arm naming, plots, bad input, and one real tiny sweep."""
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -106,8 +104,10 @@ def test_table_numbers_are_the_hand_computed_ones(tmp_path):
     lines = render_table([k15, rest], 0.9).splitlines()
     assert lines[0] == ("| arm | seeds | initial acc | final acc | best acc | tokens to acc ≥ 0.9 | reached | "
                         "final length | wall (s) | iterations |")
-    assert lines[2] == "| recipe=k15 | 3 | 0.467 ± 0.058 | 0.817 ± 0.126 | 0.850 ± 0.132 | 305 ± 148 | 2/3 | 40.0 ± 10.0 | 9.0 ± 1.0 | 4 |"
-    assert lines[3] == "| recipe=rest (unfinished) | 3 | 0.300 ± 0.000 | 0.900 ± 0.050 | 0.923 ± 0.025 | 173 ± 127 | 3/3 | 22.0 ± 3.5 | 4.7 ± 0.6 | 3–4 |"
+    assert lines[2] == ("| `recipe=k15` | 3 | 0.467 ± 0.058 | 0.817 ± 0.126 | 0.850 ± 0.132 | 305 ± 148 | 2/3 | "
+                        "40.0 ± 10.0 | 9.0 ± 1.0 | 4 |")
+    assert lines[3] == ("| `recipe=rest` (unfinished) | 3 | 0.300 ± 0.000 | 0.900 ± 0.050 | 0.923 ± 0.025 | 173 ± 127 | "
+                        "3/3 | 22.0 ± 3.5 | 4.7 ± 0.6 | 3–4 |")
 
 
 def test_target_moves_the_tokens_column(tmp_path):
@@ -140,6 +140,10 @@ def test_arms_are_named_by_the_overrides_that_differ(tmp_path):
     _write_run(tmp_path / "c", recs, ["sampler=curriculum", "+seed=2"], base)
     t = load_tables([tmp_path / "a", tmp_path / "b", tmp_path / "c"])[0]
     assert {k: [r.path.name for r in v] for k, v in t.arms.items()} == {"sampler=curriculum": ["a", "c"], "sampler=uniform": ["b"]}
+    _write_run(tmp_path / "d", recs, ["recipe=rest", "seed=0"], base)  # a recipe is no key of the composed config
+    t = load_tables([tmp_path / "b", tmp_path / "d"])[0]
+    assert list(t.arms) == ["recipe=(default)", "recipe=rest"]
+    assert "| `recipe=(default)` | 1 |" in render_table(aggregate(t), 0.9)
     # without .hydra/overrides.yaml: the flattened configs are compared; a swapped plugin is named by its name
     runs = []
     for i, (loss, lr, seed) in enumerate([("k15", 1e-4, 0), ("grpo", 1e-4, 1), ("k15", 1e-4, 2), ("k15", 3e-4, 0)]):
@@ -168,9 +172,10 @@ def test_cli_writes_report_and_plots_and_prints_the_table(tmp_path, capsys):
     md = (out / "report.md").read_text()
     assert md.startswith("# Loss ablation\n\nMean ± sample std (n − 1) over seeds")
     for text in (md, printed):
-        assert "| recipe=k15 | 3 | 0.467 ± 0.058 | 0.817 ± 0.126 |" in text
+        assert "| `recipe=k15` | 3 | 0.467 ± 0.058 | 0.817 ± 0.126 |" in text
         assert "| (all same) | 2 | 0.200 ± 0.000 | 0.900 ± 0.000 |" in text  # one table per sweep
-    assert f"## {sweep}" in md and f"## {other}" in md and "Unfinished (no summary.json" in md
+    assert f"## {sweep}" in md and f"## {other}" in md
+    assert f"Unfinished (no summary.json; their last evaluation counts as final): `{sweep / '5'}` (seed 2)" in md
     links = [line[line.index("](") + 2:-1] for line in md.splitlines() if line.startswith("![")]
     # per sweep: accuracy (3 x-axes), training length, per difficulty (d2, d3), accuracy vs length
     assert len(links) == 8 and len(set(links)) == 8
@@ -234,14 +239,15 @@ TINY = ["logger=none", "progress=false", "iterations=2", "prompts_per_iteration=
         "generation.max_new_tokens=24", "train.minibatch_size=8"]
 
 
-def test_real_tiny_sweep(tmp_path):
-    """A real two-arm Hydra multirun (length_penalty k15 / none, one seed each; ~10 s) reads as two arms
-    whose numbers are those of the runs' own records and summaries."""
+def test_real_tiny_sweep(tmp_path, monkeypatch):
+    """A real two-arm Hydra multirun (length_penalty k15 / none, one seed each, run in this process)
+    reads as two arms whose numbers are those of the runs' own records and summaries."""
+    from reasonzoo import train as train_mod
+
     sweep = tmp_path / "sweep"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "reasonzoo.train", "-m", "length_penalty=k15,none", *TINY,
-                        f"hydra.sweep.dir={sweep}"], env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
+    monkeypatch.setattr(sys, "argv", ["reasonzoo-train", "-m", "length_penalty=k15,none", *TINY, f"hydra.sweep.dir={sweep}"])
+    monkeypatch.setattr(train_mod, "_created_dir", None)
+    train_mod.main()  # a failure exits (SystemExit) with its one-line error
     [table] = load_tables([sweep])
     assert list(table.arms) == ["length_penalty=k15", "length_penalty=none"]
     rows = aggregate(table, target=0.01)
@@ -259,4 +265,20 @@ def test_real_tiny_sweep(tmp_path):
             assert row.tokens == (sum(r.get("response/tokens", 0) for r in recs if r["iteration"] <= hit["iteration"]), None)
         assert row.wall[0] == pytest.approx(sum(r["time/iteration"] - r["time/eval"] for r in recs[1:]), rel=1e-6, abs=1e-3)
     md, _ = build_report([sweep])
-    assert "| length_penalty=k15 | 1 |" in md and (sweep / "report" / "sweep_accuracy.png").is_file()
+    assert "| `length_penalty=k15` | 1 |" in md and (sweep / "report" / "sweep_accuracy.png").is_file()
+
+
+def test_wall_time_in_minutes_and_budget_stops_noted(tmp_path):
+    long = _records([0.2, 0.5, 0.6], 20.0, 0, True)
+    for r in long[1:]:
+        r["time/elapsed"] = 90.0 * r["iteration"]  # 360 s at iteration 4 -> 6.0 min
+    _write_run(tmp_path / "a", long, ["seed=0"])
+    _write_run(tmp_path / "b", _records([0.2, 0.5, 0.6], 20.0, 1, True), ["seed=1"])  # 9 s
+    (tmp_path / "a" / "summary.json").write_text(json.dumps({"stopped_by": "wall_seconds"}))
+    (tmp_path / "b" / "summary.json").write_text(json.dumps({"stopped_by": "iterations"}))
+    md, [shown] = build_report([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
+    row = shown.splitlines()[-1]
+    assert "| wall (min) |" in shown
+    assert row.endswith("| 3.1 ± 4.1 | 4 |")  # (6.0 + 0.15) / 2 min; std sqrt(2 x 175.5^2) s = 4.14 min
+    assert f"Stopped by a budget: `{tmp_path / 'a'}` (budget.wall_seconds)" in md
+    assert f"`{tmp_path / 'b'}` (budget" not in md  # stopped_by: iterations is the normal end
