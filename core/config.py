@@ -74,6 +74,16 @@ class CheckpointConfig:
 
 
 @dataclass
+class BudgetConfig:
+    """Stop RL early at a cost, so that contrasts are compared at equal cost as well as at equal
+    steps. Checked after every iteration; the run then ends as after its last iteration (final
+    evaluation, checkpoint, summary ``stopped_by``). 0 = no limit."""
+
+    generated_tokens: int = ranged(0, ge=0)  #: stop once training rollouts have generated this many tokens in total
+    wall_seconds: float = ranged(0.0, ge=0)  #: stop once RL iterations have taken this many wall seconds (evaluation excluded)
+
+
+@dataclass
 class RunConfig:
     """Top-level options of ``reasonzoo-train`` (plugin groups are validated separately).
 
@@ -81,7 +91,9 @@ class RunConfig:
     they are loaded, before the warm-up.
     """
 
-    seed: int = ranged(0, ge=0)  #: seeds model init, problem generation and every random stream
+    seed: int = ranged(0, ge=0)  #: the RL seed: problem sampling, rollouts, minibatch order and every other RL random stream
+    data_seed: int = ranged(0, ge=0)  #: seeds the task's problems and its train / held-out split (one held-out set for every RL seed)
+    warmup_seed: int = ranged(0, ge=0)  #: seeds the model's initialisation and the warm-up (one cached warm-up for every RL seed)
     iterations: int = ranged(60, ge=0)  #: RL iterations (0: warm-up and evaluation only)
     prompts_per_iteration: int = ranged(16, ge=1)  #: problems sampled per iteration (at most the task's training problems)
     samples_per_prompt: int = ranged(8, ge=1)  #: k, responses per problem (a group-baseline loss needs >= 2)
@@ -94,6 +106,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
 
 
 def _check_keys(node: dict, schema: type, prefix: str) -> None:

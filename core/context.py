@@ -44,7 +44,18 @@ class RunContext:
 
     @property
     def seed(self) -> int:
+        """The RL seed (``seed``): sampling, rollouts and every per-iteration stream."""
         return int(self.cfg.seed)
+
+    @property
+    def data_seed(self) -> int:
+        """``data_seed``: the task's problems and train / held-out split, shared by all RL seeds."""
+        return int(self.cfg.get("data_seed", self.cfg.seed))
+
+    @property
+    def warmup_seed(self) -> int:
+        """``warmup_seed``: the model's initialisation and the warm-up, shared by all RL seeds."""
+        return int(self.cfg.get("warmup_seed", self.cfg.seed))
 
     def rng(self, stream: str) -> random.Random:
         """A Python RNG for this iteration and stream; a function of (seed, iteration, stream),

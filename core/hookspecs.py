@@ -32,7 +32,7 @@ def rz_load_problems(ctx, split):
     Called once per split at run start (``"train"`` for the sampler's pool and the warm-up,
     ``"eval"`` for held-out evaluation). Group ``task``.
 
-    :param ctx: the run context (``ctx.cfg.seed`` seeds synthetic generators).
+    :param ctx: the run context (``ctx.data_seed`` seeds synthetic generators and the held-out split).
     :param str split: ``"train"`` or ``"eval"``.
     :returns: ``list[Problem]``, non-empty, uids unique within the split.
 
@@ -65,6 +65,28 @@ def rz_build_engine(ctx, policy):
     :returns: an :class:`reasonzoo.engine.Engine`.
 
     Exclusive: stops at first non-None result.
+    """
+
+
+@hookspec
+def rz_trainable_parameters(ctx, policy):
+    """Parameters a plugin trains beside the policy's (a critic's value head or value model).
+
+    Called once, after the policy and the engine are built and before the optimizer is created,
+    on fresh and resumed runs alike (resume then loads the saved optimizer state, which covers
+    these groups, and the plugin restores its weights in place in ``rz_load_state``). The groups
+    join the policy's in the one optimizer (``ctx.optimizer``): the core zeroes, divides
+    (micro-batches) and steps them with the policy's, and clips each group's gradient norm on its
+    own (``train.max_grad_norm``; logged as ``train/grad_norm/<name>``, the policy's as
+    ``train/grad_norm``). A group's parameters must not be the policy's, and only a loss that
+    back-propagates into them gives them a gradient.
+
+    :param ctx: the run context (``ctx.optimizer`` is not set yet).
+    :param Policy policy: the built policy (before the warm-up).
+    :returns: ``list[dict]`` of torch optimizer param groups, each with ``params`` and a unique
+        ``name`` (not ``"policy"``, the policy's group), optionally ``lr`` and other optimizer
+        options (default: ``train.*``), or ``None``. Additive: the lists are concatenated in the
+        order pluggy calls the plugins; a repeated name is an error.
     """
 
 

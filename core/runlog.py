@@ -57,7 +57,8 @@ def _fmt(record: Mapping[str, Any], key: str, spec: str) -> str | None:
 def iteration_line(record: Mapping[str, Any], iterations: int) -> str:
     """One plain line for an iteration's metrics record, e.g.
     ``iteration 12/60: reward 0.562 accuracy 0.562 length 23.1 truncated 0.000 loss 0.0123 |
-    1.18 s (rollout 0.52, reward 0.01, update 0.61) | eval accuracy 0.812 length 37.6``."""
+    1.18 s (rollout 0.52, reward 0.01, update 0.61) | generated 3140 tokens, 14 s | eval accuracy 0.812
+    length 37.6`` (``generated``: cumulative tokens of training rollouts and RL seconds so far)."""
     it = record["iteration"]
     parts = []
     for label, key, spec in (("reward", "reward/total_mean", ".3f"), ("accuracy", "reward/accuracy", ".3f"),
@@ -72,6 +73,8 @@ def iteration_line(record: Mapping[str, Any], iterations: int) -> str:
     if "time/iteration" in record:
         line += (f" | {record['time/iteration']:.2f} s (rollout {record.get('time/rollout', 0):.2f}, "
                  f"reward {record.get('time/reward', 0):.2f}, update {record.get('time/update', 0):.2f})")
+    if "tokens/generated" in record:
+        line += f" | generated {record['tokens/generated']} tokens, {record.get('time/elapsed', 0):.0f} s"
     return line + (" | " + eval_line(record) if "eval/accuracy" in record else "")
 
 

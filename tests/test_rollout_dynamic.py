@@ -58,7 +58,8 @@ def test_refills_round_by_round_until_enough_informative_groups(make_ctx, tiny_p
     assert eng.calls[0][1] == ctx.generator("rollout").initial_seed()  # round 1 = rollout/sync's draw
     assert len({s for _, s in eng.calls}) == 3  # a fresh stream per round
     assert m == {"rollout/dynamic_rounds": 3.0, "rollout/dynamic_generated": 6.0, "rollout/dynamic_kept": 3.0,
-                 "rollout/dynamic_uniform_frac": pytest.approx(1 - 4 / 6), "rollout/dynamic_short": 0.0}
+                 "rollout/dynamic_uniform_frac": pytest.approx(1 - 4 / 6), "rollout/dynamic_short": 0.0,
+                 "rollout/tokens": 6.0 * K * 3}  # every generated token counts, dropped groups' too (3 per response)
 
 
 def test_zero_groups_filters_every_candidate_in_one_round(make_ctx, tiny_policy):

@@ -73,6 +73,6 @@ class HFModel:
             vocab_size=len(tok), arch=t.arch, hidden_size=t.hidden_size, num_layers=t.num_layers,
             num_heads=t.num_heads, intermediate_size=t.intermediate_size,
             max_position_embeddings=t.max_position_embeddings, pad_token_id=tok.pad_token_id,
-            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, seed=ctx.seed, base_vocab_size=BYTE_BASE_VOCAB,
+            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, seed=ctx.warmup_seed, base_vocab_size=BYTE_BASE_VOCAB,
         ).to(DTYPES[self.cfg.dtype])
         return Policy(model=model, tokenizer=tok, system_prompt=self.cfg.system_prompt, overlong=self.cfg.overlong)

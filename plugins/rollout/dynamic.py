@@ -27,7 +27,8 @@ Implementation details:
   before the warm-up.
 
 Metrics (``rz_iteration_end``): ``rollout/dynamic_rounds``, ``rollout/dynamic_generated`` (groups
-generated), ``rollout/dynamic_kept``, ``rollout/dynamic_uniform_frac`` (share of the generated
+generated), ``rollout/tokens`` (tokens generated in all rounds, dropped groups included: what the
+run's ``tokens/generated`` and ``budget.generated_tokens`` count), ``rollout/dynamic_kept``, ``rollout/dynamic_uniform_frac`` (share of the generated
 groups dropped), ``rollout/dynamic_short`` (1 when fewer than ``groups`` were found).
 """
 from __future__ import annotations
@@ -80,7 +81,7 @@ class Dynamic:
         target = self.cfg.groups or len(problems)
         size = self.cfg.round_size or target
         kept: list[RolloutGroup] = []
-        generated = rounds = 0
+        generated = rounds = tokens = 0
         pos = 0
         while len(kept) < target and pos < len(problems):
             batch = problems[pos:pos + size]
@@ -90,10 +91,11 @@ class Dynamic:
             rewards = ctx.hook.rz_reward(ctx=ctx, groups=groups)
             kept += [g for g, r in zip(groups, rewards) if informative(x.score for x in r)]
             generated += len(groups)
+            tokens += sum(r.length for g in groups for r in g.rollouts)
             rounds += 1
         found, kept = len(kept), kept[:target]
         self.metrics = {"rollout/dynamic_rounds": float(rounds), "rollout/dynamic_generated": float(generated),
-                        "rollout/dynamic_kept": float(len(kept)),
+                        "rollout/dynamic_kept": float(len(kept)), "rollout/tokens": float(tokens),
                         "rollout/dynamic_uniform_frac": 1 - found / generated if generated else 0.0,
                         "rollout/dynamic_short": float(0 < self.cfg.groups and len(kept) < target)}
         return kept

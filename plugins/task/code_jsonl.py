@@ -138,7 +138,7 @@ class CodeJsonl:
         probs = read_code_problems(self.cfg.train_path, self.cfg.prompt_template)
         if self.cfg.eval_path:
             return probs if split == "train" else read_code_problems(self.cfg.eval_path, self.cfg.prompt_template)
-        out = held_out_split(probs, split, self.cfg.eval_fraction, f"code_jsonl-{ctx.seed}")
+        out = held_out_split(probs, split, self.cfg.eval_fraction, f"code_jsonl-{ctx.data_seed}")
         if not out:
             raise ValueError(f"task.train_path={self.cfg.train_path!r}: {len(probs)} problem(s) leave none for "
                              f"the {split} split at eval_fraction={self.cfg.eval_fraction}; add problems or set task.eval_path")

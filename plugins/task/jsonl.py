@@ -137,7 +137,7 @@ class Jsonl:
         probs = self._read(self.cfg.train_path)
         if self.cfg.eval_path:
             return probs if split == "train" else self._read(self.cfg.eval_path)
-        out = held_out_split(probs, split, self.cfg.eval_fraction, f"jsonl-{ctx.seed}")
+        out = held_out_split(probs, split, self.cfg.eval_fraction, f"jsonl-{ctx.data_seed}")
         if not out:
             raise ValueError(f"task.train_path={self.cfg.train_path!r}: {len(probs)} problem(s) leave none for "
                              f"the {split} split at eval_fraction={self.cfg.eval_fraction}; add problems or set task.eval_path")

@@ -43,7 +43,7 @@ class ReasoningGym:
         import reasoning_gym
 
         size = self.cfg.train_size if split == "train" else self.cfg.eval_size
-        seed = ctx.seed * 2 + (split == "eval")
+        seed = ctx.data_seed * 2 + (split == "eval")
         try:
             ds = reasoning_gym.create_dataset(self.cfg.dataset, size=size, seed=seed, **self.cfg.dataset_config)
         except Exception as exc:

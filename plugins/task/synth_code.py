@@ -142,4 +142,4 @@ class SynthCode:
     def rz_load_problems(self, ctx, split):
         if split not in ("train", "eval"):
             raise ValueError(f"task synth_code: unknown split {split!r}; allowed: train, eval")
-        return self._split(ctx.seed, split)
+        return self._split(ctx.data_seed, split)

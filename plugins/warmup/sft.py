@@ -13,7 +13,8 @@ the HF forward used here) under-learned the operand copy and started RL near cha
 seed with this exact code path gives near-perfect worked solutions (loss ~0.07).
 
 The result is cached under ``<cache_dir>/warmup/<key>``, the key hashing the model, task and
-warm-up configs, the seed and the tokenizer, so the main job trains it once and reuses it afterwards.
+warm-up configs, ``warmup_seed`` and ``data_seed`` and the tokenizer, so the main job trains it once and
+reuses it afterwards, and the RL seeds of a sweep (``seed=0,1,2``) all start from the same warm-up.
 """
 from __future__ import annotations
 
@@ -58,11 +59,14 @@ class SFTWarmup:
         self.cfg = cfg
 
     def cache_key(self, ctx, policy) -> str:
-        """16 hex digits hashing the model, task and warm-up configs, the seed, the package
+        """16 hex digits hashing the model, task and warm-up configs, ``warmup_seed`` and
+        ``data_seed`` (not the RL ``seed``: every RL seed of a sweep shares the warm-up), the package
         version and the policy's tokenizer (:func:`reasonzoo.policy.tokenizer_fingerprint`: a
         cache trained with another vocabulary or chat template must never load)."""
         parts = {k: OmegaConf.to_container(ctx.cfg[k], resolve=True) for k in ("model", "task", "warmup")}
-        parts.update(seed=ctx.seed, version=__version__, tokenizer=tokenizer_fingerprint(policy.tokenizer))
+        parts.update(seed=ctx.warmup_seed, version=__version__, tokenizer=tokenizer_fingerprint(policy.tokenizer))
+        if ctx.data_seed != ctx.warmup_seed:  # the training split it fits (equal seeds: the key of caches made before data_seed)
+            parts["data_seed"] = ctx.data_seed
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
     @hookimpl
@@ -87,7 +91,7 @@ class SFTWarmup:
 
     def train(self, ctx, policy, problems) -> dict[str, float]:
         cfg, model = self.cfg, policy.model
-        rng = random.Random(f"sft-{ctx.seed}")
+        rng = random.Random(f"sft-{ctx.warmup_seed}")
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)) * (
             0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, cfg.steps))))))
