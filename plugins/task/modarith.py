@@ -16,7 +16,18 @@ Worked solutions are then near-perfect while direct answers of multi-step chains
 chance, so RL that rewards correctness should learn to think, and to think longer on harder
 problems (k1.5 Figure 5, in miniature).
 
-Train and eval splits are generated from ``seed`` and are disjoint (no eval prompt in train).
+Train and eval splits are generated from ``data_seed`` and are disjoint (no eval prompt in train).
+
+Tempting wrong shortcut (``shortcut_steps: K``, off by default; docs/negative_gradients.md): each
+problem gets a third reference solution that works the first K steps as the worked solution does
+and then answers the accumulator reached (``a3+4=2;b2*2=4;#4`` for K = 2), i.e. reasoning cut
+short. It is right whenever the chain has at most K steps (it is then the worked solution) and on
+longer chains only when the remaining steps happen to leave the accumulator unchanged; it is
+shorter than the worked solution, so k1.5's length reward favours it when it is right. A warm-up
+mix that prefers it (``warmup.mix: [w_worked, w_direct, w_shortcut]``) gives a policy that stops
+thinking too early, the start on which the k1.5 paper's negative-gradient ablation (§3.5,
+Figure 10: k1.5 vs ReST) can show. With K = 0 the problems, and every seeded result, are exactly
+those of the task without the option.
 """
 from __future__ import annotations
 
@@ -24,6 +35,7 @@ import random
 from dataclasses import dataclass
 
 from reasonzoo import hookimpl, plugin
+from reasonzoo.ranges import ranged
 from reasonzoo.types import Problem
 
 OPS = {"+": lambda a, b, m: (a + b) % m, "-": lambda a, b, m: (a - b) % m, "*": lambda a, b, m: (a * b) % m}
@@ -37,6 +49,7 @@ class ModArithConfig:
     modulus: int = 5  #: results are reduced modulo this (at most 10: one digit)
     train_size: int = 20000  #: problems in the training pool (equal share per difficulty)
     eval_per_difficulty: int = 500  #: held-out problems per difficulty
+    shortcut_steps: int = ranged(0, ge=0)  #: K > 0 adds solution 2: the first K steps worked, then answer (wrong shortcut); 0 = off
 
 
 LABELS = "abcdefghijklmnopqrstuvwxyz"
@@ -58,6 +71,13 @@ def solve(terms: list[int], ops: list[str], modulus: int) -> tuple[int, str]:
     return acc, "".join(steps) + f"#{acc}"
 
 
+def shortcut(terms: list[int], ops: list[str], modulus: int, steps: int) -> tuple[int, str]:
+    """Reasoning cut short: the worked solution of the first ``steps`` operations only, answered
+    with the accumulator reached (``solve`` of the chain's prefix). ``steps >= len(ops)`` gives
+    the full worked solution. Returns ``(answer, response)``."""
+    return solve(terms[: steps + 1], ops[:steps], modulus)
+
+
 @plugin("task", "modarith", ModArithConfig)
 class ModArith:
     """Modular chain arithmetic with a difficulty knob (number of steps)."""
@@ -72,6 +92,9 @@ class ModArith:
         bad = set(cfg.ops) - set(OPS)
         if bad or not cfg.ops:
             raise ValueError(f"task.ops={cfg.ops!r}: allowed characters are {''.join(OPS)}")
+        if cfg.shortcut_steps >= cfg.max_steps:
+            raise ValueError(f"task.shortcut_steps={cfg.shortcut_steps}: must be in 0..{cfg.max_steps - 1} "
+                             f"(0 = off; >= task.max_steps={cfg.max_steps} would never be wrong)")
         self.cfg = cfg
 
     def _problem(self, rng: random.Random, steps: int, split: str, i: int) -> Problem:
@@ -79,8 +102,11 @@ class ModArith:
         ops = [rng.choice(self.cfg.ops) for _ in range(steps)]
         answer, worked = solve(terms, ops, self.cfg.modulus)
         prompt = render(terms, ops)
+        solutions = (worked, f"#{answer}")
+        if self.cfg.shortcut_steps:  # computed from the drawn terms: the rng stream is the same as without it
+            solutions += (shortcut(terms, ops, self.cfg.modulus, self.cfg.shortcut_steps)[1],)
         return Problem(uid=prompt, prompt=prompt, answer=str(answer), difficulty=steps,
-                       solutions=(worked, f"#{answer}"), meta={"split": split})
+                       solutions=solutions, meta={"split": split})
 
     def _split(self, seed: int, split: str) -> list[Problem]:
         levels = range(self.cfg.min_steps, self.cfg.max_steps + 1)
@@ -112,4 +138,4 @@ class ModArith:
     def rz_load_problems(self, ctx, split):
         if split not in ("train", "eval"):
             raise ValueError(f"task modarith: unknown split {split!r}; allowed: train, eval")
-        return self._split(ctx.seed, split)
+        return self._split(ctx.data_seed, split)
