@@ -175,14 +175,28 @@ def _compose_checked(overrides: list[str], check: bool = True) -> DictConfig:
     raise UsageError(f"cannot compose the overrides {overrides}")
 
 
+def _config_sweep_params(overrides: list[str]) -> list[str]:
+    """The ``hydra.sweeper.params`` a config sets (a ``conf/sweep/*.yaml`` file: ``key: a,b,c``), as
+    overrides, for the keys the command line does not set (Hydra's basic sweeper does the same:
+    the command line wins)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    fixed = [o.input_line for o in OverridesParser.create().parse_overrides(overrides) if not o.is_sweep_override()]
+    params = compose(fixed, hydra_config=True).hydra.sweeper.get("params") or {}
+    given = {_key_of(o) for o in overrides}
+    return [f"{k}={v}" for k, v in params.items() if k not in given]
+
+
 def _sweep_jobs(overrides: list[str]) -> list[list[str]]:
-    """The override lists of every job of a ``-m`` sweep (``a=1,2 b=x,y``: 4 jobs); a sweep that
-    cannot be enumerated here (``glob``, ``interval``) is left out."""
+    """The override lists of every job of a ``-m`` sweep (``a=1,2 b=x,y``: 4 jobs; with the
+    ``hydra.sweeper.params`` of a ``sweep=<name>`` config, as Hydra's sweeper runs them); a sweep
+    that cannot be enumerated here (``glob``, ``interval``) is left out."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from hydra.errors import HydraException
 
     options = []
+    overrides = list(overrides) + _config_sweep_params(overrides)
     for o in OverridesParser.create().parse_overrides(overrides):
         if o.is_sweep_override():
             try:
