@@ -300,6 +300,28 @@ class Policy:
         nll = F.cross_entropy(logits.float().reshape(n * t, v), input_ids[:, 1:].reshape(n * t), reduction="none")
         return -nll.view(n, t)  # = log_softmax(logits).gather(targets)
 
+    def logprobs_and_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probs and last hidden states from one forward of the HF module (for a value head on
+        the policy's trunk, ``loss/ppo`` with ``critic: head``).
+
+        :param input_ids: ``(N, T)`` ids, right-padded as for :meth:`token_logprobs`.
+        :param attention_mask: ``(N, T)``; right padding runs the causal kernel with no mask.
+        :returns: ``(logp, hidden)``: ``logp`` ``(N, T-1)`` as :meth:`token_logprobs` (column t
+            scores ``input_ids[:, t + 1]``; pad columns finite, to be masked), ``hidden``
+            ``(N, T, H)`` the states the LM head reads (``hidden_states[-1]``: after the final
+            norm), with grad when grad is enabled. Always the HF forward (the lean forward of
+            :mod:`reasonzoo.fasttrain` returns no hidden states); log-probs agree with
+            :meth:`token_logprobs` to float rounding.
+        """
+        m = attention_mask
+        right_padded = m is None or bool(m[:, 0].all()) and bool((m[:, 1:] <= m[:, :-1]).all())
+        out = self.model(input_ids=input_ids, attention_mask=None if right_padded else m, output_hidden_states=True)
+        logits = out.logits[:, :-1]  # (N, T-1, V)
+        n, t, v = logits.shape
+        nll = F.cross_entropy(logits.float().reshape(n * t, v), input_ids[:, 1:].reshape(n * t), reduction="none")
+        return -nll.view(n, t), out.hidden_states[-1]
+
     def save(self, path: str | Path) -> None:
         """Save model and tokenizer with ``save_pretrained`` (reloadable with ``from_pretrained``)."""
         self.model.save_pretrained(path)

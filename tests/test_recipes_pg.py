@@ -19,6 +19,7 @@ RECIPES = {
     "rloo": ("rloo", {}),
     "reinforce": ("reinforce", {}),
     "rest": ("rest", {}),
+    "ppo": ("ppo", {"critic": "head", "gamma": 1.0, "lam": 0.95, "value_clip": 0.2, "vf_coef": 0.1}),
 }
 # 150 warm-up steps (cached for the session after the first): the policy then answers some
 # problems correctly, so every loss has something to fit.
