@@ -77,6 +77,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "reasonzoo.plugins.loss.rloo",
     "reasonzoo.plugins.loss.reinforce",
     "reasonzoo.plugins.loss.rest",
+    "reasonzoo.plugins.loss.ppo",
     "reasonzoo.plugins.distiller.none",
     "reasonzoo.plugins.distiller.merge",
     "reasonzoo.plugins.logger.wandb",
