@@ -19,7 +19,7 @@ RECIPES = {
     "rloo": ("rloo", {}),
     "reinforce": ("reinforce", {}),
     "rest": ("rest", {}),
-    "ppo": ("ppo", {"critic": "head", "gamma": 1.0, "lam": 0.95, "value_clip": 0.2, "vf_coef": 0.1}),
+    "ppo": ("ppo", {"critic": "head", "gamma": 1.0, "lam": 1.0, "critic_lr": 1e-3, "critic_warmup": 2}),
 }
 # 150 warm-up steps (cached for the session after the first): the policy then answers some
 # problems correctly, so every loss has something to fit.
@@ -47,7 +47,8 @@ def test_contrast_recipe_differs_from_k15_only_by_its_loss(recipe):
 def test_recipe_runs_and_moves_the_policy(tmp_path, tiny_overrides, run_metrics, recipe):
     # grpo: one optimizer step per iteration (π_old = the loss's own detached forward); the others: two
     extra = {"grpo": ["train.minibatch_size=64"],  # one step per iteration: π_old = the loss's own detached forward
-             "dapo": ["prompts_per_iteration=12", "rollout.groups=4", "rollout.round_size=4"]}.get(recipe, [])  # refills
+             "dapo": ["prompts_per_iteration=12", "rollout.groups=4", "rollout.round_size=4"],  # refills
+             "ppo": ["loss.critic_warmup=0"]}.get(recipe, [])  # the policy moves from iteration 1 (warm-up: test_loss_ppo.py)
     train(compose(tiny_overrides + WARM + extra + [f"recipe={recipe}"]), tmp_path)
     recs = run_metrics(tmp_path)
     name = RECIPES[recipe][0]

@@ -27,7 +27,10 @@ Options, each one config key:
 - ``critic_warmup``: the first ``critic_warmup`` iterations train only the critic (the policy
   gets no gradient and is not stepped; with ``critic: head`` the head fits the frozen trunk's
   features).
-- ``gamma``, ``lam``: GAE's γ and λ (1.0 and 0.95: the defaults of TRL's PPO).
+- ``gamma``, ``lam``: GAE's γ and λ, both 1 (Open-Reasoner-Zero, Hu et al. 2025, arXiv 2503.24290:
+  PPO for reasoning from rule-based outcome rewards). λ < 1 decays the one outcome reward
+  towards the first tokens of a long response (VC-PPO, Yuan et al. 2025, arXiv 2503.01491); with
+  RLHF's λ = 0.95 held-out accuracy fell on the default task (docs/losses.md, measured).
 - ``value_clip``: ε_v (0.2), ``null`` = unclipped; ``clip_low`` / ``clip_high``: the surrogate's ε.
 - ``whiten_advantages``: standardise Â over the batch's response tokens (mean 0, std 1).
 - ``aggregation``, ``kl_coef``, ``kl_estimator``, ``exclude_stale_segments``: as in every
@@ -79,7 +82,7 @@ class PPOLossConfig:
     vf_coef: float = ranged(0.1, gt=0)  #: c_v, weight of the value loss (TRL's PPO default 0.1)
     value_clip: Optional[float] = 0.2  #: ε_v, V clipped to V_old ± ε_v in the value loss; null = unclipped
     gamma: float = ranged(1.0, ge=0, le=1)  #: GAE discount γ
-    lam: float = ranged(0.95, ge=0, le=1)  #: GAE λ
+    lam: float = ranged(1.0, ge=0, le=1)  #: GAE λ (1: the outcome reward reaches every token undecayed)
     whiten_advantages: bool = True  #: standardise Â over the batch's response tokens
     aggregation: str = "token-mean"  #: token-mean, seq-mean-token-mean, seq-mean-token-sum, seq-mean-token-sum-norm
     norm_length: int = ranged(0, ge=0)  #: seq-mean-token-sum-norm's constant; 0 = generation.max_new_tokens
