@@ -35,7 +35,10 @@ Two measures, both median per child and then min / median / max over the repeats
 Ratios to ``k15`` are taken per repeat (variant / k15 of the same repeat), then min / median / max.
 Peak RSS is reported in MiB. Variants ``ppo_head`` and ``ppo_model`` are ``recipe=ppo`` with
 ``loss.critic=head`` (a value head on the policy's trunk) and ``loss.critic=model`` (a separate
-trunk copy). Writes ``benchmarks/results/losses.json`` with the settings, load average, library
+trunk copy), both with ``loss.critic_warmup=0``: the recipe's first 2 iterations step the critic
+only (a cheaper update, and with ``head`` no backward through the trunk), so at the recipe's
+setting iterations 1-2 would time the critic warm-up instead of the PPO update of every later
+iteration. Writes ``benchmarks/results/losses.json`` with the settings, load average, library
 versions and every raw figure.
 
     OMP_NUM_THREADS=1 python benchmarks/losses.py [--repeats 5] [--iterations 2] [--update-repeats 2]
@@ -68,8 +71,8 @@ VARIANTS: dict[str, list[str]] = {
     "dr_grpo": ["recipe=dr_grpo"],
     "dapo": ["recipe=dapo"],
     "dapo_loss": ["recipe=dapo", "rollout=sync", "prompts_per_iteration=16", "~rollout.groups", "~rollout.round_size"],
-    "ppo_head": ["recipe=ppo", "loss.critic=head"],
-    "ppo_model": ["recipe=ppo", "loss.critic=model"],
+    "ppo_head": ["recipe=ppo", "loss.critic=head", "loss.critic_warmup=0"],
+    "ppo_model": ["recipe=ppo", "loss.critic=model", "loss.critic_warmup=0"],
 }
 #: every run: no logging, no evaluation but the final one (on one problem per difficulty)
 COMMON = ["logger=none", "progress=false", "eval.before=false", "eval.every=0", "eval.problems_per_difficulty=1"]
