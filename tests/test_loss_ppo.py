@@ -201,6 +201,28 @@ def test_ppo_loss_matches_a_direct_rederivation(make_ctx, tiny_policy, critic):
             torch.testing.assert_close(x, y, atol=1e-6, rtol=1e-4)
 
 
+def test_value_model_is_a_separate_copy_of_the_trunk(make_ctx, qwen2_gqa_policy):
+    """critic=model on a Qwen2 (biases, grouped-query attention): built before the warm-up, it takes
+    the policy's weights at the first iteration (its trunk then computes the policy's last hidden
+    states), owns separate parameters, and later iterations do not copy again."""
+    policy = qwen2_gqa_policy
+    ctx = make_ctx([], policy=policy)
+    plugin = PPOLoss(PPOLossConfig(critic="model"))
+    plugin.rz_trainable_parameters(ctx, policy)
+    _perturb(policy.model, 0.05, seed=1)  # the warm-up moves the policy after the critic was built
+    plugin.rz_iteration_start(ctx)
+    b = _batch(policy)
+    with torch.no_grad():
+        _, hidden = policy.logprobs_and_hidden(b.input_ids, b.attention_mask)
+        trunk = plugin.critic.trunk(input_ids=b.input_ids).last_hidden_state
+    torch.testing.assert_close(trunk, hidden)
+    assert not {id(q) for q in plugin.critic.parameters()} & {id(q) for q in policy.model.parameters()}
+    _perturb(plugin.critic, 0.05, seed=2)
+    plugin.rz_iteration_start(ctx)  # iteration 2: keeps its own weights
+    with torch.no_grad():
+        assert not torch.allclose(plugin.critic.trunk(input_ids=b.input_ids).last_hidden_state, hidden)
+
+
 def test_bad_options_name_the_key():
     with pytest.raises(ValueError, match="loss.critic='mlp'.*head, model"):
         PPOLoss(PPOLossConfig(critic="mlp"))
