@@ -33,9 +33,9 @@ def outcome_rewards(returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     :param mask: ``(N, L)`` 1 on response tokens (contiguous per row).
     """
     m = mask > 0
-    cols = torch.arange(m.shape[1]).expand_as(m)
+    cols = torch.arange(m.shape[1], device=m.device).expand_as(m)
     last = torch.where(m, cols, -1).amax(-1)  # (N,) -1 for a row with no token
-    out = torch.zeros(m.shape, dtype=returns.dtype)
+    out = torch.zeros(m.shape, dtype=returns.dtype, device=returns.device)
     rows = last >= 0
     out[rows.nonzero().squeeze(-1), last[rows]] = returns[rows]
     return out
@@ -67,8 +67,8 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     m = (mask > 0).float()
     r, v = rewards.float() * m, values.float() * m
     adv = torch.zeros_like(v)
-    next_v = torch.zeros(v.shape[0])
-    next_a = torch.zeros(v.shape[0])
+    next_v = v.new_zeros(v.shape[0])
+    next_a = v.new_zeros(v.shape[0])
     for t in range(v.shape[1] - 1, -1, -1):
         delta = r[:, t] + gamma * next_v - v[:, t]
         a = (delta + gamma * lam * next_a) * m[:, t]
@@ -109,7 +109,7 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
     """
     unclipped = (values - returns) ** 2
     if clip is None:
-        return 0.5 * unclipped, torch.zeros(values.shape, dtype=torch.bool)
+        return 0.5 * unclipped, torch.zeros(values.shape, dtype=torch.bool, device=values.device)
     v_clip = old_values + (values - old_values).clamp(-clip, clip)
     clipped = (v_clip - returns) ** 2
     return 0.5 * torch.maximum(unclipped, clipped), (clipped > unclipped).detach()
