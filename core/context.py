@@ -28,7 +28,8 @@ class RunContext:
     :ivar policy_version: number of policy updates so far; rollouts are tagged with it.
     :ivar policy: the :class:`reasonzoo.policy.Policy` (set after ``rz_build_policy``).
     :ivar engine: the rollout engine (set after ``rz_build_engine``).
-    :ivar optimizer: the policy optimizer (set before ``rz_run_start``).
+    :ivar optimizer: the one optimizer (set before ``rz_run_start``): the policy's param group
+        (``name`` ``"policy"``) and those plugins add with ``rz_trainable_parameters`` (a critic).
     :ivar state: scratch space shared across hooks within one run, keyed by plugin.
     """
 

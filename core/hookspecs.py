@@ -230,8 +230,8 @@ def rz_loss(ctx, batch):
 
     Called ``epochs x minibatches x train.microbatches`` times per iteration; the core runs
     backward, clips the gradient norm and steps the optimizer once per minibatch. A loss that
-    owns extra parameters (a critic) keeps its own optimizer and steps it in this hook or in
-    ``rz_iteration_end``.
+    owns extra parameters (a critic) declares them with ``rz_trainable_parameters``; the core then
+    steps them with the policy's, and its loss includes their term (PPO's value loss).
 
     Contract: the loss is a *mean over units* of ``batch`` (rows, or response tokens for a
     token-mean) and ``LossOutput.denominator`` says how many (``None`` = its row count; 0 with
