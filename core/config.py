@@ -126,8 +126,14 @@ def _min_group(info, config) -> int:
 
 
 def _check_combinations(rc: RunConfig, selected: dict) -> None:
-    """Options that are each in range but cannot work together, named both."""
+    """Options that are each in range but cannot work together, named both. A plugin class may
+    declare ``check_run_config(config, rc)`` (a static method raising :class:`PluginError`) for
+    a rule between its own config and the trainer's (``rollout/dynamic``: its kept groups against
+    ``prompts_per_iteration``): called here, so every job of a sweep is checked before any runs."""
     for group, (info, config) in sorted(selected.items()):
+        check = getattr(info.cls, "check_run_config", None)
+        if check is not None:
+            check(config, rc)
         need = _min_group(info, config)
         if rc.samples_per_prompt < need:
             raise PluginError(

@@ -81,10 +81,20 @@ def test_informative():
     assert informative([1.0, 0.0]) and not informative([0.5, 0.5]) and not informative([1.0])
 
 
-def test_unreachable_target_refused_before_work(make_ctx, tiny_policy):
+def test_unreachable_target_refused_at_validation():
+    """Refused by config validation, so a sweep whose dapo job cannot run fails before its first
+    job (it used to fail at that job's run start, after the jobs before it had run)."""
+    from reasonzoo.config import validate
     from reasonzoo.registry import PluginError
+    from reasonzoo.train import compose
 
-    ctx = make_ctx(["prompts_per_iteration=4"], policy=tiny_policy)
     with pytest.raises(PluginError, match=r"rollout.groups=5: more than the prompts_per_iteration=4 candidates; allowed: 0 .* to 4"):
-        Dynamic(DynamicConfig(groups=5)).rz_run_start(ctx)
-    Dynamic(DynamicConfig(groups=4)).rz_run_start(ctx)
+        validate(compose(["rollout=dynamic", "rollout.groups=5", "prompts_per_iteration=4"]))
+    validate(compose(["rollout=dynamic", "rollout.groups=4", "prompts_per_iteration=4"]))
+
+
+def test_a_sweep_with_an_unreachable_dapo_job_fails_before_any_job(tmp_path, cli):
+    proc = cli(["-m", "recipe=k15,dapo", "prompts_per_iteration=4", f"hydra.sweep.dir={tmp_path}/s"])
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "rollout.groups=16: more than the prompts_per_iteration=4" in out
+    assert not (tmp_path / "s").exists()

@@ -63,7 +63,8 @@ def test_a_bad_sweep_job_is_refused_before_anything_runs(tmp_path, cli):
 
 
 #: per sweep, what its smoke version changes beyond the tiny settings
-SMOKE = {"negative_gradients": ["task.max_steps=4"], "losses": ["budget.generated_tokens=200", "iterations=20"]}
+SMOKE = {"negative_gradients": ["task.max_steps=4"],
+         "losses": ["budget.generated_tokens=200", "iterations=20", "prompts_per_iteration=16"]}  # dapo keeps 16 groups
 
 
 @pytest.mark.parametrize("name", SWEEPS)
@@ -71,7 +72,8 @@ def test_smoke_sweep_runs_and_reads_as_its_arms(name, tmp_path, monkeypatch, tin
     from reasonzoo import train as train_mod
 
     sweep = tmp_path / name
-    args = ["-m", f"sweep={name}", "seed=0", "hydra/launcher=basic", *tiny_overrides, *SMOKE.get(name, []),
+    args = ["-m", f"sweep={name}", "seed=0", "hydra.launcher.n_jobs=1",  # joblib with one job runs them in this process
+            *tiny_overrides, *SMOKE.get(name, []),
             f"hydra.sweep.dir={sweep}"]
     monkeypatch.setattr(sys, "argv", ["reasonzoo-train", *args])
     monkeypatch.setattr(train_mod, "_created_dir", None)

@@ -68,12 +68,13 @@ class Dynamic:
         return [RolloutGroup(p, tuple(make_rollout(ctx, p, ids, g) for g in gens[i * k:(i + 1) * k]))
                 for i, (p, ids) in enumerate(zip(problems, prompts))]
 
-    @hookimpl
-    def rz_run_start(self, ctx):
-        """Refuse, before the warm-up, a target no iteration can reach."""
-        n = int(ctx.cfg.prompts_per_iteration)
-        if self.cfg.groups > n:
-            raise PluginError(f"rollout.groups={self.cfg.groups}: more than the prompts_per_iteration={n} candidates; "
+    @staticmethod
+    def check_run_config(cfg: DynamicConfig, rc) -> None:
+        """Refuse, at config validation (before any job of a sweep runs), a target no iteration
+        can reach. :raises PluginError: ``groups`` above ``prompts_per_iteration``."""
+        n = int(rc.prompts_per_iteration)
+        if cfg.groups > n:
+            raise PluginError(f"rollout.groups={cfg.groups}: more than the prompts_per_iteration={n} candidates; "
                               f"allowed: 0 (keep every informative group) to {n}")
 
     @hookimpl
