@@ -13,9 +13,10 @@ progress=false eval.before=false eval.every=0 eval.problems_per_difficulty=1`` (
 evaluation's time is subtracted anyway) and ``checkpoint.every`` = the last iteration. "The same
 batches": every run shares ``seed``, ``data_seed`` and ``warmup_seed``, so it starts from the same
 cached warm-up weights and its iteration 1 samples the same problems and the same rollouts (checked:
-``same_batch`` compares iteration 1's response tokens with k15's). The exceptions are ``dapo``,
-whose dynamic sampling draws 48 candidate problems and keeps the 16 groups whose rewards vary
-(a different batch, reported at this natural setting), and its same-batch variant ``dapo_loss``
+``same_batch`` compares iteration 1's response tokens with k15's). The exception is ``dapo``,
+whose dynamic sampling draws up to 48 candidate problems, 16 per round, until 16 groups with
+varying rewards are kept (k15's batch only when its first round's groups all vary, as happened
+in iteration 1 of the recorded run; reported at this natural setting), hence also ``dapo_loss``
 (``rollout=sync prompts_per_iteration=16``: k15's batch, DAPO's loss and overlong filtering).
 
 Two measures, both median per child and then min / median / max over the repeats:
