@@ -17,6 +17,16 @@ from .types import Generation, GenerationRequest, SamplingParams
 
 @runtime_checkable
 class Engine(Protocol):
+    """What the trainer and the rollout schedulers call on an engine.
+
+    Optional attribute (not a protocol member, so engines without it still satisfy
+    ``isinstance(x, Engine)``): ``logprobs_match_policy: bool``, True when the log-probs
+    :meth:`generate` returns at temperature 1 and top-p 1 equal the trainer's forward
+    (``Policy.token_logprobs``) at the synced weights within a tested tolerance (engine/torch in
+    fp32: ~1e-6; engine/vllm with ``dtype=float32``: 1e-4). Losses then reuse them as π_old / the
+    reference instead of a forward (:func:`reasonzoo.pg.behaviour_is_current`); absent = False.
+    """
+
     def generate(
         self, requests: Sequence[GenerationRequest], params: SamplingParams, generator: torch.Generator
     ) -> list[Generation]:

@@ -12,6 +12,8 @@ Each piece exists once and is composed by the plugins:
   micro-batch contract, :class:`reasonzoo.types.LossOutput`);
 - KL estimators to a frozen reference, :func:`kl_estimate` (Schulman 2020, "Approximating KL
   divergence": k1, k2, k3);
+- :func:`behaviour_is_current`: whether the engine's behaviour log-probs of a batch are π_θi's
+  (so π_old / k1.5's reference can be read from the batch instead of a separate forward);
 - :class:`PolicyGradientLoss`, the hook implementations common to all of them: advantages and
   π_old computed once per iteration in ``rz_prepare_update``, the frozen reference captured after
   the warm-up and checkpointed, the loss assembled per minibatch. A new estimator or surrogate
@@ -214,6 +216,7 @@ class SequencePGConfig:
     kl_coef: float = ranged(0.0, ge=0)  #: weight of the KL to the frozen post-warm-up policy; 0 = no reference
     kl_estimator: str = "k3"  #: k1, k2 or k3 (Schulman 2020)
     exclude_stale_segments: bool = False  #: leave tokens from older policy versions (partial rollouts) out of the loss
+    reuse_behaviour_logprobs: bool = True  #: π_old = the engine's log-probs where they are π_θi's (behaviour_is_current); false = always the trainer's forward
 
 
 def has_dropout(model) -> bool:
@@ -231,14 +234,48 @@ def single_step(ctx, batch: TrainBatch) -> bool:
     return train.epochs == 1 and train.minibatch_size >= len(batch) and not has_dropout(ctx.policy.model)
 
 
+def behaviour_is_current(ctx, batch: TrainBatch, mask: torch.Tensor | None = None) -> bool:
+    """True when the batch's behaviour log-probs (``TrainBatch.behaviour_logprobs``, the engine's)
+    are the current policy π_θi's own on every token that enters the loss, so they may stand in
+    for the trainer's no-grad forward at θ_i (π_old of the PPO-style ratio; k1.5's reference,
+    §2.3.2). All of these must hold:
+
+    - sampling at ``generation.temperature == 1`` and ``generation.top_p == 1`` (otherwise the
+      engine records the log-probs of the temperature-scaled, renormalised distribution, which is
+      not π_θi);
+    - every token in ``mask`` was produced by the current ``ctx.policy_version``
+      (``TrainBatch.token_versions``): no stale segment of a partial rollout, sampled by an older
+      policy, enters the loss;
+    - the engine declares its log-probs equal to the trainer's forward
+      (``ctx.engine.logprobs_match_policy``, see :class:`reasonzoo.engine.Engine`; an engine
+      without the attribute, or no engine, counts as False).
+
+    The trainer's forward and the engine both run the model in eval mode (no dropout), so a model
+    with dropout does not change the answer. The agreement this relies on is tested per engine:
+    ``tests/test_engine_torch.py::test_logprobs_equal_teacher_forced`` (fp32, ~1e-6) and
+    ``tests/test_engine_vllm.py`` (``engine.dtype=float32``, within ``TOL`` = 1e-4).
+
+    :param mask: ``(N, T-1)`` the tokens that enter the loss; default ``batch.response_mask``.
+    :returns: a Python bool (one decision for the whole batch).
+    """
+    gen = ctx.cfg.generation
+    if float(gen.temperature) != 1.0 or float(gen.top_p) != 1.0:
+        return False
+    if not bool(getattr(ctx.engine, "logprobs_match_policy", False)):
+        return False
+    m = batch.response_mask if mask is None else mask
+    return bool(((batch.token_versions == ctx.policy_version) | (m <= 0)).all())
+
+
 class PolicyGradientLoss:
     """Hook implementations shared by the policy-gradient losses (a base for loss plugins).
 
     Per iteration (``rz_prepare_update``, full batch, no grad): ``pg/advantage`` ``(N,)`` from
     :meth:`advantages`, ``pg/keep`` ``(N,)`` from :meth:`keep_rows`, ``pg/old_logprob``
-    ``(N, T-1)`` (π_old by the trainer's forward, so ratios are right at any sampling temperature;
-    skipped when the update is a single step, :func:`single_step`, where the loss's own detached
-    forward is π_old) and, with ``kl_coef > 0``, ``pg/ref_logprob`` ``(N, T-1)`` under the frozen
+    ``(N, T-1)`` (π_old: skipped when the update is a single step, :func:`single_step`, where the
+    loss's own detached forward is π_old; else, with ``reuse_behaviour_logprobs`` and
+    :func:`behaviour_is_current`, the batch's behaviour log-probs, which then are π_old's; else
+    the trainer's no-grad forward, exact at any sampling temperature and for stale segments) and, with ``kl_coef > 0``, ``pg/ref_logprob`` ``(N, T-1)`` under the frozen
     reference. Per minibatch (``rz_loss``): :meth:`token_loss` + kl_coef·KL per token, reduced by
     :func:`aggregate` over the response tokens of kept rows (and, with
     ``exclude_stale_segments``, of the current policy version only).
@@ -248,13 +285,19 @@ class PolicyGradientLoss:
 
     Settings are read from the subclass's config dataclass when it has the field, else the class
     default below: ``aggregation``, ``norm_length`` (0 = ``generation.max_new_tokens``),
-    ``clip_low``, ``clip_high``, ``kl_coef``, ``kl_estimator``, ``exclude_stale_segments``.
+    ``clip_low``, ``clip_high``, ``kl_coef``, ``kl_estimator``, ``exclude_stale_segments``,
+    ``reuse_behaviour_logprobs``.
+
+    Metric ``loss/reused_behaviour_logprobs`` (losses that read π_old): 1 when the iteration's π_old was read from the
+    behaviour log-probs, 0 when it came from a forward (the prepare forward, or the loss's own
+    in a single-step update).
     """
 
     name = "pg"  #: key prefix of the plugin's metrics and checkpoint state (subclasses: their name)
     needs_old_logprobs = True  #: False for a loss that never reads π_old (plain NLL, ReST)
     _defaults = {"aggregation": "token-mean", "norm_length": 0, "clip_low": None, "clip_high": None,
-                 "kl_coef": 0.0, "kl_estimator": "k3", "exclude_stale_segments": False}
+                 "kl_coef": 0.0, "kl_estimator": "k3", "exclude_stale_segments": False,
+                 "reuse_behaviour_logprobs": True}
 
     def __init__(self, cfg: Any):
         self.cfg = cfg
@@ -273,6 +316,7 @@ class PolicyGradientLoss:
             raise ValueError(f"loss.norm_length={s['norm_length']}: out of range; allowed: >= 0 (0 = generation.max_new_tokens)")
         self.s = s
         self.reference: dict[str, torch.Tensor] | None = None  # frozen π_ref weights (kl_coef > 0)
+        self.reused_behaviour = False  # this iteration's π_old is the batch's behaviour log-probs (set in rz_prepare_update)
 
     # ---- what subclasses define -----------------------------------------------------------------
 
@@ -294,6 +338,14 @@ class PolicyGradientLoss:
         """``(N, T-1)`` float: response tokens of kept rows (current-version tokens only with
         ``exclude_stale_segments``)."""
         m = batch.response_mask * batch.extras["pg/keep"][:, None]
+        if self.s["exclude_stale_segments"]:
+            m = m * (batch.token_versions == ctx.policy_version)
+        return m
+
+    def _version_mask(self, ctx, batch: TrainBatch) -> torch.Tensor:
+        """``(N, T-1)``: the tokens whose π_old enters the loss, before ``pg/keep`` exists (every
+        response token; only current-version ones with ``exclude_stale_segments``)."""
+        m = batch.response_mask
         if self.s["exclude_stale_segments"]:
             m = m * (batch.token_versions == ctx.policy_version)
         return m
@@ -333,8 +385,13 @@ class PolicyGradientLoss:
     def rz_prepare_update(self, ctx, batch):
         out = {"pg/advantage": self.advantages(ctx, batch).float(),
                "pg/keep": self.keep_rows(ctx, batch).float()}
+        self.reused_behaviour = False
         if self.needs_old_logprobs and not single_step(ctx, batch):
-            out["pg/old_logprob"] = ctx.policy.token_logprobs(batch.input_ids, batch.attention_mask)  # θ_old
+            if self.s["reuse_behaviour_logprobs"] and behaviour_is_current(ctx, batch, self._version_mask(ctx, batch)):
+                out["pg/old_logprob"] = batch.behaviour_logprobs  # the engine's, = π_θold's (no forward)
+                self.reused_behaviour = True
+            else:
+                out["pg/old_logprob"] = ctx.policy.token_logprobs(batch.input_ids, batch.attention_mask)  # θ_old
         if self.s["kl_coef"] > 0:
             if self.reference is None:
                 raise RuntimeError(f"loss/{self.name}: kl_coef > 0 but no reference captured (rz_iteration_start not called)")
@@ -362,6 +419,8 @@ class PolicyGradientLoss:
             n_tok = max(float(sel.sum()), 1.0)
             a = adv.abs() if adv.dim() == 1 else adv.abs().mean(-1)
             metrics[f"loss/{self.name}"] = float(pg_loss.detach())
+            if self.needs_old_logprobs:
+                metrics["loss/reused_behaviour_logprobs"] = float(self.reused_behaviour)
             metrics["loss/advantage_abs"] = float(a[rows].mean()) if bool(rows.any()) else 0.0
             if "ratio" in stats:
                 r = stats["ratio"][sel]

@@ -12,7 +12,8 @@ Two forwards:
   token with its cache, as ``generate`` does, in static chunks of ``max_batch`` (no continuous
   batching: a finished row idles until its chunk ends).
 
-The sampled tokens' log-probs under the sampling distribution are recorded.
+The sampled tokens' log-probs under the sampling distribution are recorded; with an fp32 model
+the engine declares them equal to the trainer's forward (``logprobs_match_policy``).
 
 Stopping rules, checked after every token, the same in both paths:
 
@@ -68,6 +69,15 @@ class TorchEngine:
                 self.fast = FastDecoder(policy.model, compact_at=cfg.compact_at)
             else:
                 log.info("engine/torch: fast path off (%s); using the Hugging Face forward", why)
+
+    @property
+    def logprobs_match_policy(self) -> bool:
+        """True when every parameter is float32: the engine runs the trainer's own module, so at
+        T = 1, top-p = 1 its log-probs equal the trainer's forward to ~1e-6
+        (``tests/test_engine_torch.py::test_logprobs_equal_teacher_forced``; losses may then reuse
+        them, :func:`reasonzoo.pg.behaviour_is_current`). False in bf16 / fp16, where the
+        KV-cached decode and the full forward round differently."""
+        return all(p.dtype == torch.float32 for p in self.policy.model.parameters())
 
     def sync_weights(self) -> None:
         """Nothing to do: the engine runs the trainer's module itself."""

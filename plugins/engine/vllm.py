@@ -316,6 +316,15 @@ class VllmEngine:
             gens = cut_repeats(gens, [r.prefix_ids for r in requests], params.repeat)
         return gens
 
+    @property
+    def logprobs_match_policy(self) -> bool:
+        """True only with ``engine.dtype=float32`` and an fp32 trainer model: its log-probs then
+        agree with the trainer's forward within ``TOL`` = 1e-4 (measured ~1e-6 on the CPU build;
+        ``tests/test_engine_vllm.py``), so losses may reuse them
+        (:func:`reasonzoo.pg.behaviour_is_current`). bf16 / fp16 / auto: False (the trainer's
+        forward is used)."""
+        return self.cfg.dtype == "float32" and all(p.dtype == torch.float32 for p in self.policy.model.parameters())
+
     def sync_weights(self) -> None:
         """Push the trainer's current weights into the live engine (in place, no disk)."""
         self._check_open()

@@ -27,8 +27,12 @@ Implementation details:
   ``clipped_surrogate`` → ``aggregate``, plus ``kl_estimate`` (one implementation of each).
 - The std is unbiased (n−1, as ``torch.std`` in TRL and verl), plus ``eps`` (1e-6, verl's).
 - r_i is the total return (outcome + length reward, as for every loss here).
-- π_old comes from the trainer's forward at the start of the update (exact at any sampling
-  temperature), or from the loss's own detached forward when the update is one optimizer step.
+- π_old comes from the loss's own detached forward when the update is one optimizer step; else
+  (``reuse_behaviour_logprobs: true``, default) from the engine's behaviour log-probs when they
+  are π_θold's (:func:`reasonzoo.pg.behaviour_is_current`: T = 1, top-p = 1, no stale segment in
+  the loss, an engine declaring ``logprobs_match_policy``), which saves a full forward; else from
+  the trainer's forward at the start of the update (exact at any sampling temperature).
+  ``loss/reused_behaviour_logprobs`` says which (1 = behaviour log-probs).
 - The frozen reference is the policy after the warm-up (as DeepSeekMath's reference is the SFT
   model), captured at the first iteration of a fresh run and kept in checkpoints. The KL term is
   aggregated like the surrogate (same mask, same mode), as in eq. 3.
@@ -60,6 +64,7 @@ class GRPOLossConfig:
     kl_estimator: str = "k3"  #: k1, k2 or k3 (eq. 4; Schulman 2020)
     drop_uniform_groups: bool = False  #: DAPO dynamic-sampling filter: groups with equal returns leave the loss
     exclude_stale_segments: bool = False  #: leave tokens from older policy versions (partial rollouts) out of the loss
+    reuse_behaviour_logprobs: bool = True  #: π_old = the engine's log-probs where they are π_θold's (reasonzoo.pg.behaviour_is_current); false = always the forward
 
 
 @plugin("loss", "grpo", GRPOLossConfig)

@@ -20,6 +20,14 @@ Implementation details:
   one step) every loss forward runs at θ_i, so ``seq.detach()`` *is* the reference and no extra
   forward is needed. Otherwise (several steps, or a model with dropout, whose forward is
   stochastic) they are computed up front in ``rz_prepare_update``, before the first step.
+- ``reuse_behaviour_logprobs: true`` (default): in that up-front case, when the engine's
+  behaviour log-probs *are* π_θi's (:func:`reasonzoo.pg.behaviour_is_current`: sampling at T = 1
+  and top-p = 1, every token in the loss produced by the current policy version, an engine that
+  declares ``logprobs_match_policy``), the reference is their masked sum and the forward is
+  skipped (15% of a default iteration's time; ``docs/losses.md``). Otherwise (another
+  temperature or top-p, stale segments of partial rollouts in the loss, vLLM in bf16, or
+  ``false``) the forward runs. Metric ``loss/reused_behaviour_logprobs``: 1 when the reference
+  came from the behaviour log-probs, 0 when from a forward.
 - ``divide_by_2tau: true`` (default) divides L by 2τ so that ∇L = −(eq. 3) exactly and the
   step size does not depend on τ; ``false`` keeps the paper's L.
 - The optimizer state is reset at the start of every iteration (each iteration is a new
@@ -35,7 +43,7 @@ from dataclasses import dataclass
 import torch
 
 from reasonzoo import hookimpl, plugin, pg
-from reasonzoo.pg import has_dropout
+from reasonzoo.pg import behaviour_is_current, has_dropout
 from reasonzoo.types import LossOutput
 
 BASELINES = ("mean", "logmeanexp")
@@ -48,6 +56,7 @@ class K15LossConfig:
     divide_by_2tau: bool = True  #: scale L by 1/(2τ) so ∇L = −eq.3 (step size independent of τ)
     reset_optimizer: bool = True  #: clear the optimizer state at every iteration (paper)
     exclude_stale_segments: bool = False  #: leave tokens from older policy versions out of log π
+    reuse_behaviour_logprobs: bool = True  #: reference = the engine's log-probs where they are π_θi's (behaviour_is_current); false = always the forward
 
 
 def group_baselines(returns: torch.Tensor, group_index: torch.Tensor, tau: float, kind: str) -> torch.Tensor:
@@ -75,6 +84,7 @@ class K15Loss:
         if cfg.tau <= 0:
             raise ValueError(f"loss.tau={cfg.tau}: must be > 0")
         self.cfg = cfg
+        self.reused_behaviour = False  # this iteration's reference is the behaviour log-probs (rz_prepare_update)
 
     def mask(self, ctx, batch) -> torch.Tensor:
         m = batch.response_mask
@@ -96,8 +106,14 @@ class K15Loss:
         out = {"k15/baseline": group_baselines(batch.returns, batch.group_index, self.cfg.tau, self.cfg.baseline)}
         train = ctx.cfg.train
         one_step = train.epochs == 1 and train.minibatch_size >= len(batch)
+        self.reused_behaviour = False
         if not one_step or has_dropout(ctx.policy.model):
-            out["k15/ref_logprob"] = self.seq_logprobs(ctx, batch)  # θ = θ_i: before any step
+            mask = self.mask(ctx, batch)
+            if self.cfg.reuse_behaviour_logprobs and behaviour_is_current(ctx, batch, mask):
+                out["k15/ref_logprob"] = (batch.behaviour_logprobs * mask).sum(-1)  # the engine's, = π_θi's (N,)
+                self.reused_behaviour = True
+            else:
+                out["k15/ref_logprob"] = self.seq_logprobs(ctx, batch)  # θ = θ_i: before any step
         return out
 
     @hookimpl
@@ -114,5 +130,6 @@ class K15Loss:
             "loss/logratio_mean": float(logratio.mean()),
             "loss/logratio_absmax": float(logratio.abs().max()),
             "loss/advantage_abs": float((batch.returns - base).abs().mean()),
+            "loss/reused_behaviour_logprobs": float(self.reused_behaviour),
         })
 

@@ -33,8 +33,11 @@ Options, each one config key:
   RLHF's λ = 0.95 held-out accuracy fell on the default task (docs/losses.md, measured).
 - ``value_clip``: ε_v (0.2), ``null`` = unclipped; ``clip_low`` / ``clip_high``: the surrogate's ε.
 - ``whiten_advantages``: standardise Â over the batch's response tokens (mean 0, std 1).
-- ``aggregation``, ``kl_coef``, ``kl_estimator``, ``exclude_stale_segments``: as in every
-  policy-gradient loss (:class:`reasonzoo.pg.PolicyGradientLoss`).
+- ``aggregation``, ``kl_coef``, ``kl_estimator``, ``exclude_stale_segments``,
+  ``reuse_behaviour_logprobs``: as in every policy-gradient loss
+  (:class:`reasonzoo.pg.PolicyGradientLoss`; the last reads π_old from the engine's behaviour
+  log-probs where they are π_θold's, :func:`reasonzoo.pg.behaviour_is_current`, instead of a
+  forward). V_old always comes from the critic's own no-grad forward: the engine has no values.
 
 Implementation details:
 
@@ -91,6 +94,7 @@ class PPOLossConfig:
     kl_coef: float = ranged(0.0, ge=0)  #: β, weight of the KL to the frozen post-warm-up policy (a loss term); 0 = none
     kl_estimator: str = "k3"  #: k1, k2 or k3 (Schulman 2020)
     exclude_stale_segments: bool = False  #: leave tokens from older policy versions (partial rollouts) out of the loss
+    reuse_behaviour_logprobs: bool = True  #: π_old = the engine's log-probs where they are π_θold's (reasonzoo.pg.behaviour_is_current); false = always the forward
 
 
 class _SharedForward:

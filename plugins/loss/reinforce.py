@@ -14,6 +14,9 @@ Implementation details:
   bounds, ``aggregate``. The mean includes r_i itself, so the estimate is biased by a factor
   (k−1)/k; loss/rloo is the unbiased leave-one-out version.
 - Optional KL to the frozen post-warm-up policy (``kl_coef``, 0 by default).
+- π_old: as in every policy-gradient loss (:class:`reasonzoo.pg.PolicyGradientLoss`): the
+  engine's behaviour log-probs where they are π_θold's (``reuse_behaviour_logprobs``,
+  :func:`reasonzoo.pg.behaviour_is_current`), else a forward at the start of the update.
 - The optimizer is not reset between iterations (unlike loss/k15).
 """
 from __future__ import annotations

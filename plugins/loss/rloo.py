@@ -16,6 +16,9 @@ Implementation details:
   scaled by k/(k−1), which makes the estimate unbiased.
 - Optional KL to the frozen post-warm-up policy (``kl_coef``, 0 by default; the paper puts a
   KL penalty in the reward with a learned reward model, which a verifiable reward does not need).
+- π_old: as in every policy-gradient loss (:class:`reasonzoo.pg.PolicyGradientLoss`): the
+  engine's behaviour log-probs where they are π_θold's (``reuse_behaviour_logprobs``,
+  :func:`reasonzoo.pg.behaviour_is_current`), else a forward at the start of the update.
 - The optimizer is not reset between iterations (unlike loss/k15).
 """
 from __future__ import annotations
