@@ -242,3 +242,25 @@ def test_update_at_another_temperature_runs_the_forward(make_ctx, tiny_policy):
     batch = _rollout_batch(_ctx(make_ctx, tiny_policy))
     _, metrics, calls = _update(make_ctx, tiny_policy, batch, K15Loss(K15LossConfig()), MULTI + ["generation.temperature=0.8"])
     assert metrics["loss/reused_behaviour_logprobs"] == 0.0 and calls == 4 * 2 + 1
+
+
+# ---- end to end: the metric says which path ran ------------------------------------------------------
+
+
+def test_training_runs_report_the_path(tmp_path, tiny_overrides, run_metrics):
+    """Sync rollouts at T = 1 (4 optimizer steps): every update reuses. Partial rollouts: an
+    update whose groups hold stale segments (``rollout/stale_token_frac`` > 0) runs the forward,
+    one without reuses."""
+    from reasonzoo.train import compose
+    from reasonzoo.trainer import train
+
+    base = tiny_overrides + ["iterations=4", "eval.every=0", "eval.before=false", "checkpoint.keep=0",
+                             "train.minibatch_size=4"]
+    train(compose(base), tmp_path / "sync")
+    recs = run_metrics(tmp_path / "sync")[1:]
+    assert [r["loss/reused_behaviour_logprobs"] for r in recs] == [1.0] * 4
+    train(compose(base + ["rollout=partial", "rollout.segment_tokens=8", "rollout.tokens_per_iteration=256"]),
+          tmp_path / "partial")
+    recs = [r for r in run_metrics(tmp_path / "partial")[1:] if r["response/groups"] > 0]
+    seen = [(r["rollout/stale_token_frac"] > 0, r["loss/reused_behaviour_logprobs"]) for r in recs]
+    assert sorted(set(seen)) == [(False, 1.0), (True, 0.0)], seen  # both kinds of iteration, each on its path

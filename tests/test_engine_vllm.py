@@ -127,6 +127,28 @@ def test_temperature_top_p_logprobs(engine, policy):
         torch.testing.assert_close(torch.tensor(o.logprobs), ref, atol=TOL, rtol=0)
 
 
+# ---- issue 11 (behaviour log-probs reused as pi_old / the k1.5 reference; tests/test_behaviour_logprobs.py) ----
+
+
+def test_float32_declares_logprobs_match_policy_and_collated_batch_agrees(engine, policy):
+    """engine.dtype=float32 declares ``logprobs_match_policy`` (reasonzoo.pg.behaviour_is_current):
+    the collated batch's behaviour log-probs at T=1 equal the trainer's forward within TOL."""
+    from reasonzoo.trainer import collate
+    from reasonzoo.types import Problem, RewardResult, Rollout, RolloutGroup, Segment
+
+    assert engine.logprobs_match_policy is True
+    reqs = _reqs(policy) * 3
+    outs = engine.generate(reqs, SamplingParams(temperature=1.0, max_new_tokens=30), torch.Generator().manual_seed(4))
+    prob = Problem(uid="p", prompt="", answer="")
+    rolls = tuple(Rollout(prob, r.prompt_ids, o.token_ids, o.logprobs, o.finish_reason, (Segment(0, len(o.token_ids), 0),), "")
+                  for r, o in zip(reqs, outs))
+    batch = collate([RolloutGroup(prob, rolls, (RewardResult(0.0, False),) * len(rolls), (0.0,) * len(rolls))], policy.pad_token_id)
+    with torch.no_grad():
+        trainer = policy.token_logprobs(batch.input_ids, batch.attention_mask)
+    assert batch.response_mask.sum() > 50
+    assert float(((trainer - batch.behaviour_logprobs) * batch.response_mask).abs().max()) < TOL
+
+
 def test_stop_strings_like_torch_engine(engine, policy):
     """Stop strings end a response (STOP, the completing token included) as in engine/torch's HF
     path, including a stop string completed by the token that reaches the length limit (STOP wins;
