@@ -216,7 +216,7 @@ class SequencePGConfig:
     kl_coef: float = ranged(0.0, ge=0)  #: weight of the KL to the frozen post-warm-up policy; 0 = no reference
     kl_estimator: str = "k3"  #: k1, k2 or k3 (Schulman 2020)
     exclude_stale_segments: bool = False  #: leave tokens from older policy versions (partial rollouts) out of the loss
-    reuse_behaviour_logprobs: bool = True  #: π_old = the engine's log-probs where they are π_θi's (behaviour_is_current); false = always the trainer's forward
+    reuse_behaviour_logprobs: bool = True  #: π_old from the engine's log-probs where exact (behaviour_is_current); false = always a forward
 
 
 def has_dropout(model) -> bool:
@@ -275,8 +275,8 @@ class PolicyGradientLoss:
     ``(N, T-1)`` (π_old: skipped when the update is a single step, :func:`single_step`, where the
     loss's own detached forward is π_old; else, with ``reuse_behaviour_logprobs`` and
     :func:`behaviour_is_current`, the batch's behaviour log-probs, which then are π_old's; else
-    the trainer's no-grad forward, exact at any sampling temperature and for stale segments) and, with ``kl_coef > 0``, ``pg/ref_logprob`` ``(N, T-1)`` under the frozen
-    reference. Per minibatch (``rz_loss``): :meth:`token_loss` + kl_coef·KL per token, reduced by
+    the trainer's no-grad forward, exact at any sampling temperature and for stale segments)
+    and, with ``kl_coef > 0``, ``pg/ref_logprob`` ``(N, T-1)`` under the frozen reference. Per minibatch (``rz_loss``): :meth:`token_loss` + kl_coef·KL per token, reduced by
     :func:`aggregate` over the response tokens of kept rows (and, with
     ``exclude_stale_segments``, of the current policy version only).
 
@@ -288,9 +288,9 @@ class PolicyGradientLoss:
     ``clip_low``, ``clip_high``, ``kl_coef``, ``kl_estimator``, ``exclude_stale_segments``,
     ``reuse_behaviour_logprobs``.
 
-    Metric ``loss/reused_behaviour_logprobs`` (losses that read π_old): 1 when the iteration's π_old was read from the
-    behaviour log-probs, 0 when it came from a forward (the prepare forward, or the loss's own
-    in a single-step update).
+    Metric ``loss/reused_behaviour_logprobs`` (losses that read π_old): 1 when the iteration's
+    π_old was read from the behaviour log-probs, 0 when it came from a forward (the prepare
+    forward, or the loss's own in a single-step update).
     """
 
     name = "pg"  #: key prefix of the plugin's metrics and checkpoint state (subclasses: their name)
@@ -337,14 +337,11 @@ class PolicyGradientLoss:
     def mask(self, ctx, batch: TrainBatch) -> torch.Tensor:
         """``(N, T-1)`` float: response tokens of kept rows (current-version tokens only with
         ``exclude_stale_segments``)."""
-        m = batch.response_mask * batch.extras["pg/keep"][:, None]
-        if self.s["exclude_stale_segments"]:
-            m = m * (batch.token_versions == ctx.policy_version)
-        return m
+        return self._version_mask(ctx, batch) * batch.extras["pg/keep"][:, None]
 
     def _version_mask(self, ctx, batch: TrainBatch) -> torch.Tensor:
-        """``(N, T-1)``: the tokens whose π_old enters the loss, before ``pg/keep`` exists (every
-        response token; only current-version ones with ``exclude_stale_segments``)."""
+        """``(N, T-1)`` float: the response tokens that may enter the loss before ``pg/keep`` is
+        known (current-version ones only with ``exclude_stale_segments``)."""
         m = batch.response_mask
         if self.s["exclude_stale_segments"]:
             m = m * (batch.token_versions == ctx.policy_version)

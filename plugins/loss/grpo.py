@@ -64,7 +64,7 @@ class GRPOLossConfig:
     kl_estimator: str = "k3"  #: k1, k2 or k3 (eq. 4; Schulman 2020)
     drop_uniform_groups: bool = False  #: DAPO dynamic-sampling filter: groups with equal returns leave the loss
     exclude_stale_segments: bool = False  #: leave tokens from older policy versions (partial rollouts) out of the loss
-    reuse_behaviour_logprobs: bool = True  #: π_old = the engine's log-probs where they are π_θold's (reasonzoo.pg.behaviour_is_current); false = always the forward
+    reuse_behaviour_logprobs: bool = True  #: π_old from the engine's log-probs where exact (reasonzoo.pg.behaviour_is_current); false = always a forward
 
 
 @plugin("loss", "grpo", GRPOLossConfig)

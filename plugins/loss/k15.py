@@ -56,7 +56,7 @@ class K15LossConfig:
     divide_by_2tau: bool = True  #: scale L by 1/(2τ) so ∇L = −eq.3 (step size independent of τ)
     reset_optimizer: bool = True  #: clear the optimizer state at every iteration (paper)
     exclude_stale_segments: bool = False  #: leave tokens from older policy versions out of log π
-    reuse_behaviour_logprobs: bool = True  #: reference = the engine's log-probs where they are π_θi's (behaviour_is_current); false = always the forward
+    reuse_behaviour_logprobs: bool = True  #: reference from the engine's log-probs where exact (reasonzoo.pg.behaviour_is_current); false = always a forward
 
 
 def group_baselines(returns: torch.Tensor, group_index: torch.Tensor, tau: float, kind: str) -> torch.Tensor:

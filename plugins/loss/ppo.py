@@ -94,7 +94,7 @@ class PPOLossConfig:
     kl_coef: float = ranged(0.0, ge=0)  #: β, weight of the KL to the frozen post-warm-up policy (a loss term); 0 = none
     kl_estimator: str = "k3"  #: k1, k2 or k3 (Schulman 2020)
     exclude_stale_segments: bool = False  #: leave tokens from older policy versions (partial rollouts) out of the loss
-    reuse_behaviour_logprobs: bool = True  #: π_old = the engine's log-probs where they are π_θold's (reasonzoo.pg.behaviour_is_current); false = always the forward
+    reuse_behaviour_logprobs: bool = True  #: π_old from the engine's log-probs where exact (reasonzoo.pg.behaviour_is_current); false = always a forward
 
 
 class _SharedForward:
