@@ -129,6 +129,15 @@ def test_engine_declarations(make_ctx, tiny_policy):
     assert _vllm("float32", half).logprobs_match_policy is False  # fp32 engine, bf16 trainer: they differ
 
 
+@pytest.mark.parametrize("loss", ["k15", "grpo", "rloo", "reinforce", "ppo"])
+def test_bad_value_names_the_key(loss):
+    from reasonzoo.registry import PluginError, build_plugins
+    from reasonzoo.train import compose
+
+    with pytest.raises(PluginError, match=f"loss.reuse_behaviour_logprobs: invalid value for plugin loss/{loss}"):
+        build_plugins(compose([f"loss={loss}", "loss.reuse_behaviour_logprobs=maybe"]))
+
+
 # ---- prepare_update: which path runs -----------------------------------------------------------------
 
 LOSSES = {
