@@ -175,6 +175,18 @@ def per_child(r: dict) -> dict:
     }
 
 
+def code_state() -> dict:
+    """The commit measured and the files of the package that differ from it (shared working trees)."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*a: str) -> str:
+        res = subprocess.run(["git", *a], cwd=root, capture_output=True, text=True)
+        return res.stdout.strip() if res.returncode == 0 else ""
+
+    return {"commit": git("rev-parse", "HEAD"),
+            "uncommitted": git("status", "--porcelain", "--", "core", "plugins", "conf").splitlines()}
+
+
 def versions() -> dict[str, str]:
     """Library versions (the helper of ``main_job.py``, in this folder)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -204,6 +216,7 @@ def main() -> None:
     names = [REFERENCE] + [v for v in args.variants if v != REFERENCE]
     raw: dict[str, list[dict]] = {v: [] for v in names}
     loads = []
+    code = code_state()
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rz-bench-losses-") as tmp:
         for rep in range(args.repeats):
@@ -242,6 +255,7 @@ def main() -> None:
                      "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                      "interleaved": "repeat r runs every variant once, the order rotated by r; one child process each"},
         "versions": versions(),
+        "code_at_start": code, "code_at_end": code_state(),
         "load_average_1min": _stats(loads),
         "wall_seconds": time.perf_counter() - t_start,
         "variants": table,
