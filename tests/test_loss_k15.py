@@ -6,8 +6,9 @@ import torch
 
 from reasonzoo.plugins.loss.k15 import K15Loss, K15LossConfig, group_baselines, k15_loss
 from reasonzoo.registry import make_manager
+from reasonzoo.testing import scored_group
 from reasonzoo.trainer import collate
-from reasonzoo.types import FinishReason, Problem, RewardResult, Rollout, RolloutGroup, Segment
+from reasonzoo.types import Rollout, RolloutGroup, Segment
 
 
 def test_loss_hand_values():
@@ -36,14 +37,6 @@ def test_bad_config_names_the_key():
         K15Loss(K15LossConfig(tau=0.0))
 
 
-def _group(policy, rewards, texts):
-    p = Problem(uid="p", prompt="1+2=", answer="3")
-    prompt = policy.encode_prompt(p.prompt)
-    rolls = []
-    for t in texts:
-        ids = policy.encode_response(t)
-        rolls.append(Rollout(p, prompt, ids, (0.0,) * len(ids), FinishReason.STOP, (Segment(0, len(ids), 0),), t))
-    return RolloutGroup(p, tuple(rolls), tuple(RewardResult(float(x), bool(x)) for x in rewards), (0.0,) * len(rewards))
 
 
 @pytest.mark.parametrize("divide", [True, False])
@@ -56,7 +49,7 @@ def test_autograd_gradient_equals_eq3(tiny_policy, make_ctx, divide):
     ctx = make_ctx(["loss.tau=0.3", f"loss.divide_by_2tau={divide}", "train.minibatch_size=2"], policy=policy)
     plugin = K15Loss(K15LossConfig(tau=tau, divide_by_2tau=divide))
     ctx.hook = make_manager({"loss": plugin}).hook
-    group = _group(policy, [1, 0, 1, 0], ["3#3", "#4", "1+2=3;#3", "#9"])
+    group = scored_group(policy, [1, 0, 1, 0], ["3#3", "#4", "1+2=3;#3", "#9"])
     batch = collate([group], policy.pad_token_id)
     with torch.no_grad():
         extras = plugin.rz_prepare_update(ctx, batch)  # reference = θ_i
@@ -105,7 +98,7 @@ def test_optimizer_reset_each_iteration(make_ctx, tiny_policy):
 def test_stale_segments_excluded(make_ctx, tiny_policy):
     ctx = make_ctx(policy=tiny_policy)
     ctx.policy_version = 3
-    group = _group(tiny_policy, [1, 0], ["12345", "#4"])
+    group = scored_group(tiny_policy, [1, 0], ["12345", "#4"])
     # first rollout: tokens 0..2 from version 2, rest from version 3
     r0 = group.rollouts[0]
     r0 = Rollout(r0.problem, r0.prompt_ids, r0.response_ids, r0.logprobs, r0.finish_reason,
@@ -122,7 +115,7 @@ def test_stale_segments_excluded(make_ctx, tiny_policy):
 
 
 def _four_rollouts(policy):
-    return _group(policy, [1, 0, 1, 0], ["3#3", "#4", "1+2=3;#3", "#9"])
+    return scored_group(policy, [1, 0, 1, 0], ["3#3", "#4", "1+2=3;#3", "#9"])
 
 
 def test_single_step_update_uses_its_own_forward_as_reference(make_ctx, tiny_policy):
@@ -161,7 +154,7 @@ def test_microbatches_give_the_same_step(make_ctx, tiny_policy):
         ctx = make_ctx([f"train.microbatches={m}", "train.minibatch_size=64", "train.max_grad_norm=0"], policy=policy)
         ctx.hook = make_manager({"loss": K15Loss(K15LossConfig())}).hook
         ctx.optimizer = torch.optim.SGD(policy.model.parameters(), lr=0.5)
-        batch = collate([_four_rollouts(policy), _group(policy, [0, 1], ["12345678", "#3"])], policy.pad_token_id)
+        batch = collate([_four_rollouts(policy), scored_group(policy, [0, 1], ["12345678", "#3"])], policy.pad_token_id)
         metrics = update(ctx, batch, validate(ctx.cfg))
         results.append(([p.detach().clone() for p in policy.model.parameters()], metrics))
     (p1, m1), (p3, m3) = results

@@ -12,8 +12,8 @@ from reasonzoo import critic as C
 from reasonzoo.errors import RunInterrupted
 from reasonzoo.plugins.loss.ppo import PPOLoss, PPOLossConfig
 from reasonzoo.registry import PluginError, hookimpl, make_manager
+from reasonzoo.testing import scored_group
 from reasonzoo.trainer import collate, param_groups, update
-from reasonzoo.types import FinishReason, Problem, RewardResult, Rollout, RolloutGroup, Segment
 
 # ---- GAE, rewards, whitening, value loss: hand-computed values -----------------------------------
 
@@ -110,19 +110,11 @@ def test_value_loss_clipping_hand_values():
 # ---- the plugin on a toy batch --------------------------------------------------------------------
 
 
-def _group(policy, rewards, texts, uid="p"):
-    p = Problem(uid=uid, prompt="1+2=", answer="3")
-    prompt = policy.encode_prompt(p.prompt)
-    rolls = []
-    for t in texts:
-        ids = policy.encode_response(t)
-        rolls.append(Rollout(p, prompt, ids, (0.0,) * len(ids), FinishReason.STOP, (Segment(0, len(ids), 0),), t))
-    return RolloutGroup(p, tuple(rolls), tuple(RewardResult(float(x), bool(x)) for x in rewards), (0.0,) * len(rewards))
 
 
 def _batch(policy):
-    return collate([_group(policy, [1, 0, 0, 1], ["3#3", "#4", "1+2=3;#9", "12;#3"]),
-                    _group(policy, [1, 0], ["1+2=3;#3", "#7"], uid="q")], policy.pad_token_id)
+    return collate([scored_group(policy, [1, 0, 0, 1], ["3#3", "#4", "1+2=3;#9", "12;#3"]),
+                    scored_group(policy, [1, 0], ["1+2=3;#3", "#7"], uid="q")], policy.pad_token_id)
 
 
 def _perturb(module, scale, seed):

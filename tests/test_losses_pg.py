@@ -12,28 +12,18 @@ from reasonzoo.plugins.loss.reinforce import ReinforceLoss, ReinforceLossConfig
 from reasonzoo.plugins.loss.rest import ReSTLoss, ReSTLossConfig, best_correct
 from reasonzoo.plugins.loss.rloo import RLOOLoss, RLOOLossConfig
 from reasonzoo.registry import PluginError
+from reasonzoo.testing import scored_group
 from reasonzoo.trainer import collate
-from reasonzoo.types import FinishReason, Problem, RewardResult, Rollout, RolloutGroup, Segment
 
 # ---- toy batches -------------------------------------------------------------------------------
 
 
-def _group(policy, rewards, texts, uid="p", correct=None, length_rewards=None):
-    p = Problem(uid=uid, prompt="1+2=", answer="3")
-    prompt = policy.encode_prompt(p.prompt)
-    rolls = []
-    for t in texts:
-        ids = policy.encode_response(t)
-        rolls.append(Rollout(p, prompt, ids, (0.0,) * len(ids), FinishReason.STOP, (Segment(0, len(ids), 0),), t))
-    correct = [bool(x) for x in rewards] if correct is None else correct
-    res = tuple(RewardResult(float(x), c) for x, c in zip(rewards, correct))
-    return RolloutGroup(p, tuple(rolls), res, tuple(length_rewards or (0.0,) * len(rewards)))
 
 
 def _batch(policy):
     """Two groups of unequal response lengths: returns [1, 0, 0, 1 | 1, 0]."""
-    return collate([_group(policy, [1, 0, 0, 1], ["3#3", "#4", "1+2=3;#9", "12;#3"]),
-                    _group(policy, [1, 0], ["1+2=3;#3", "#7"], uid="q")], policy.pad_token_id)
+    return collate([scored_group(policy, [1, 0, 0, 1], ["3#3", "#4", "1+2=3;#9", "12;#3"]),
+                    scored_group(policy, [1, 0], ["1+2=3;#3", "#7"], uid="q")], policy.pad_token_id)
 
 
 def _perturb(model, scale=0.05, seed=1):
@@ -263,7 +253,7 @@ def test_dr_grpo_constant_normaliser(make_ctx, tiny_policy):
 
 def test_grpo_drop_uniform_groups(make_ctx, tiny_policy):
     ctx = make_ctx(["train.minibatch_size=64"], policy=tiny_policy)
-    batch = collate([_group(tiny_policy, [1, 1], ["3#3", "#3"]), _group(tiny_policy, [1, 0], ["#3", "#4"], uid="q")],
+    batch = collate([scored_group(tiny_policy, [1, 1], ["3#3", "#3"]), scored_group(tiny_policy, [1, 0], ["#3", "#4"], uid="q")],
                     tiny_policy.pad_token_id)
     extras, b = _run_loss(GRPOLoss(GRPOLossConfig(drop_uniform_groups=True, aggregation="token-mean")), ctx, batch)
     assert extras["pg/keep"].tolist() == [0.0, 0.0, 1.0, 1.0]
@@ -277,7 +267,7 @@ def test_rloo_leave_one_out_gradient(make_ctx, tiny_policy):
     policy = tiny_policy
     ctx = make_ctx(["train.minibatch_size=64"], policy=policy)
     plugin = RLOOLoss(RLOOLossConfig())
-    batch = collate([_group(policy, [1, 0, 0, 1], ["3#3", "#4", "1+2=3;#9", "12;#3"])], policy.pad_token_id)
+    batch = collate([scored_group(policy, [1, 0, 0, 1], ["3#3", "#4", "1+2=3;#9", "12;#3"])], policy.pad_token_id)
     extras, b = _run_loss(plugin, ctx, batch)
     assert extras["pg/advantage"].tolist() == pytest.approx([2 / 3, -2 / 3, -2 / 3, 2 / 3])
     params = list(policy.model.parameters())
@@ -308,9 +298,9 @@ def test_rest_fits_only_the_best_correct_response(make_ctx, tiny_policy):
     group q: no correct row → skipped; group u: a tie → the first."""
     policy = tiny_policy
     batch = collate([
-        _group(policy, [1, 1, 0], ["1+2=3;#3", "#3", "#4"], length_rewards=[-0.2, 0.1, 0.0]),
-        _group(policy, [0, 0], ["#5", "#6"], uid="q"),
-        _group(policy, [1, 1], ["3#3", "#3"], uid="u"),
+        scored_group(policy, [1, 1, 0], ["1+2=3;#3", "#3", "#4"], length_rewards=[-0.2, 0.1, 0.0]),
+        scored_group(policy, [0, 0], ["#5", "#6"], uid="q"),
+        scored_group(policy, [1, 1], ["3#3", "#3"], uid="u"),
     ], policy.pad_token_id)
     assert best_correct(batch.returns, batch.correct, batch.group_index).tolist() == [False, True, False, False, False, True, False]
     ctx = make_ctx(["train.minibatch_size=64"], policy=policy)
@@ -332,7 +322,7 @@ def test_rest_fits_only_the_best_correct_response(make_ctx, tiny_policy):
 
 def test_rest_best_by_score_takes_the_first_correct(make_ctx, tiny_policy):
     policy = tiny_policy
-    batch = collate([_group(policy, [1, 1, 0], ["1+2=3;#3", "#3", "#4"], length_rewards=[-0.2, 0.1, 0.0])], policy.pad_token_id)
+    batch = collate([scored_group(policy, [1, 1, 0], ["1+2=3;#3", "#3", "#4"], length_rewards=[-0.2, 0.1, 0.0])], policy.pad_token_id)
     ctx = make_ctx(["train.minibatch_size=64"], policy=policy)
     extras, _ = _run_loss(ReSTLoss(ReSTLossConfig(best_by="score")), ctx, batch)
     assert extras["pg/keep"].tolist() == [1.0, 0.0, 0.0]
@@ -343,7 +333,7 @@ def test_rest_best_by_score_takes_the_first_correct(make_ctx, tiny_policy):
 def test_rest_batch_with_no_correct_response(make_ctx, tiny_policy):
     ctx = make_ctx(["train.minibatch_size=64"], policy=tiny_policy)
     plugin = ReSTLoss(ReSTLossConfig())
-    _, b = _run_loss(plugin, ctx, collate([_group(tiny_policy, [0, 0], ["#5", "#6"])], tiny_policy.pad_token_id))
+    _, b = _run_loss(plugin, ctx, collate([scored_group(tiny_policy, [0, 0], ["#5", "#6"])], tiny_policy.pad_token_id))
     out = plugin.rz_loss(ctx, b)
     assert out.loss.item() == 0.0 and out.denominator == 0
     out.loss.backward()

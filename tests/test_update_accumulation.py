@@ -9,25 +9,17 @@ from reasonzoo.config import validate
 from reasonzoo.plugins.loss.grpo import GRPOLoss, GRPOLossConfig
 from reasonzoo.plugins.loss.rest import ReSTLoss, ReSTLossConfig
 from reasonzoo.registry import make_manager
+from reasonzoo.testing import scored_group
 from reasonzoo.trainer import collate, update
-from reasonzoo.types import FinishReason, Problem, RewardResult, Rollout, RolloutGroup, Segment
 
 
-def _group(policy, rewards, texts, uid):
-    p = Problem(uid=uid, prompt="1+2=", answer="3")
-    prompt = policy.encode_prompt(p.prompt)
-    rolls = []
-    for t in texts:
-        ids = policy.encode_response(t)
-        rolls.append(Rollout(p, prompt, ids, (0.0,) * len(ids), FinishReason.STOP, (Segment(0, len(ids), 0),), t))
-    return RolloutGroup(p, tuple(rolls), tuple(RewardResult(float(x), bool(x)) for x in rewards), (0.0,) * len(rewards))
 
 
 def _batch(policy):
     """Rows of very unequal lengths, so a token mean and a row mean weigh micro-batches differently."""
     return collate([
-        _group(policy, [1, 0, 0, 1], ["3#3", "#4", "1+2=3;3+4=7;7*2=4;#4", "12;#3"], "p"),
-        _group(policy, [1, 0, 1], ["1+2=3;#3", "#7", "1+2=3;3*3=9;9+9=8;8-1=7;#7"], "q"),
+        scored_group(policy, [1, 0, 0, 1], ["3#3", "#4", "1+2=3;3+4=7;7*2=4;#4", "12;#3"], "p"),
+        scored_group(policy, [1, 0, 1], ["1+2=3;#3", "#7", "1+2=3;3*3=9;9+9=8;8-1=7;#7"], "q"),
     ], policy.pad_token_id)
 
 
@@ -81,7 +73,7 @@ def test_minibatch_with_nothing_in_the_loss_takes_no_step(make_ctx, tiny_policy)
     sum(p.sum() for p in policy.model.parameters()).backward()
     ctx.optimizer.step()  # momentum in the optimizer state
     before = [p.detach().clone() for p in policy.model.parameters()]
-    wrong = collate([_group(policy, [0, 0], ["#5", "#6"], "p"), _group(policy, [0, 0, 0], ["#1", "1;#2", "#0"], "q")],
+    wrong = collate([scored_group(policy, [0, 0], ["#5", "#6"], "p"), scored_group(policy, [0, 0, 0], ["#1", "1;#2", "#0"], "q")],
                     policy.pad_token_id)
     metrics = update(ctx, wrong, validate(ctx.cfg))
     assert metrics["train/empty_step_frac"] == 1.0 and metrics["loss/total"] == 0.0
