@@ -42,6 +42,7 @@ rate measured at the start (``_common.matmul_peak``). Writes ``benchmarks/result
 with the settings, load averages, library versions and every raw figure.
 
     OMP_NUM_THREADS=1 python benchmarks/rollout_throughput.py [--batches 16 64 256] [--sizes tiny small] [--small-batches 16 64] [--repeats 5]
+    python benchmarks/rollout_throughput.py --table   # the README table of results/rollout_throughput.json
 """
 from __future__ import annotations
 
@@ -125,8 +126,28 @@ class Engine:
         return sum(len(o.token_ids) for o in out)
 
 
+def markdown(doc: dict) -> str:
+    """The ``benchmarks/README.md`` table of a results file: tokens/s and ratios, medians with
+    (min-max) ranges; % of the matmul peak at the median rate."""
+    engines = [k for k in ("torch", "vllm") if any(k in r for r in doc["results"])]
+    names = {"torch": "torch engine", "vllm": "vllm engine"}
+    lines = ["| model | batch | workload | tok/seq HF / " + " / ".join(engines) + " | HF generate tok/s | " + " | ".join(f"{names[k]} tok/s" for k in engines)
+             + " | " + " | ".join(f"{k} / HF" for k in engines) + " | % of peak HF / " + " / ".join(engines) + " |",
+             "|---|---:|---|---:|---:|" + "---:|" * (2 * len(engines)) + "---:|"]
+    for r in doc["results"]:
+        sides = ["hf_generate"] + [k for k in engines if k in r]
+        lines.append(f"| {r['size']} {r['params'] / 1e6:.2f}M | {r['batch']} | {r['workload']} | "
+                     + " / ".join(f"{r[k]['tokens_per_seq']:.0f}" for k in sides) + " | "
+                     f"{fmt(r['hf_generate']['tokens_per_s'], '.0f')} | "
+                     + " | ".join(fmt(r[k]["tokens_per_s"], ".0f") if k in r else "-" for k in engines) + " | "
+                     + " | ".join(f"{fmt(r[f'{k}_over_hf'])}x" if k in r else "-" for k in engines) + " | "
+                     + " / ".join(f"{100 * r[k]['fraction_of_peak']:.1f}" for k in sides) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--table", action="store_true", help="only print the README table of the results file (--out)")
     ap.add_argument("--batches", type=int, nargs="+", default=[16, 64, 256])
     ap.add_argument("--sizes", nargs="+", default=["tiny"], choices=sorted(SIZES))
     ap.add_argument("--small-batches", type=int, nargs="+", default=None,
@@ -136,6 +157,9 @@ def main() -> None:
     ap.add_argument("--no-vllm", action="store_true", help="leave the vllm engine out (say so in the output)")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
+    if args.table:
+        print(markdown(json.loads(Path(args.out).read_text())))
+        return
     if args.repeats < 5:
         ap.error(f"--repeats={args.repeats}: the benchmark rules ask for at least 5")
     t_start = time.perf_counter()

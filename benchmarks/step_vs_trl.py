@@ -45,6 +45,7 @@ equal work. Writes ``benchmarks/results/step_vs_trl.json`` with the settings, lo
 library versions and every raw figure. Needs the ``bench`` extra (``pip install -e '.[bench]'``).
 
     OMP_NUM_THREADS=1 python benchmarks/step_vs_trl.py [--warmup 2] [--repeats 5] [--lengths 32 128]
+    python benchmarks/step_vs_trl.py --table   # the README table of results/step_vs_trl.json
 """
 from __future__ import annotations
 
@@ -273,14 +274,32 @@ def verdict(ratio: dict) -> str:
     return "within noise (the range of the step pairs spans the goal)"
 
 
+def markdown(doc: dict) -> str:
+    """The ``benchmarks/README.md`` table of a results file: medians with (min-max) ranges."""
+    lines = ["| max length | workload | TRL s/step | ours s/step | TRL / ours | tokens/step TRL / ours | "
+             "% of matmul peak TRL / ours | ours rollout, % of peak (decode) |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in doc["results"]:
+        lines.append(f"| {r['max_completion_length']} | {r['workload']} | {fmt(r['trl_s_per_step'], '.3f')} | "
+                     f"{fmt(r['ours_s_per_step'], '.3f')} | {fmt(r['ratio_trl_over_ours'])}x | "
+                     f"{r['trl_tokens_per_step']:.0f} / {r['ours_tokens_per_step']:.0f} | "
+                     f"{100 * r['trl_fraction_of_peak']:.1f} / {100 * r['ours_fraction_of_peak']:.1f} | "
+                     f"{100 * r['ours_rollout_decode_fraction_of_peak']:.1f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--table", action="store_true", help="only print the README table of the results file (--out)")
     ap.add_argument("--warmup", type=int, default=2, help="steps per side discarded before measuring")
     ap.add_argument("--repeats", type=int, default=5, help="measured steps per side, >= 5")
     ap.add_argument("--lengths", type=int, nargs="+", default=[32, 128], help="max completion lengths")
     ap.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
     ap.add_argument("--out", default=str(RESULTS))
     a = ap.parse_args()
+    if a.table:
+        print(markdown(json.loads(Path(a.out).read_text())))
+        return
     if a.repeats < 5:
         ap.error(f"--repeats={a.repeats}: the benchmark rules ask for at least 5")
     if a.warmup < 0:
