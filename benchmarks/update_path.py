@@ -20,12 +20,17 @@ Equal work except the point of the change: the same batch, the same optimizer st
 micro-batches; the reuse arm skips the one full no-grad forward over the batch in
 ``rz_prepare_update``, so its gain is that saved work. Also recorded per arm: the time of
 ``rz_prepare_update`` alone, and the largest |parameter difference| between the two arms after the
-update (the reuse is exact up to the engine's ~1e-6 log-prob agreement), the
+update and the norm of that difference over the norm of the update (the reuse is exact up to
+the engine's ~1e-6 log-prob agreement; AdamW's first step after k1.5's optimizer reset is
+g/(|g| + 1e-8) per coordinate, so a coordinate with a near-zero gradient may move by up to ~lr
+differently while the update as a whole agrees: the norms of the update and of the difference
+are recorded), the
 ``loss/reused_behaviour_logprobs`` metric of each arm, the load average before and after, versions.
 
-    OMP_NUM_THREADS=1 python benchmarks/update_path.py [--repeats 7] [--losses k15 grpo]
+    OMP_NUM_THREADS=1 python benchmarks/update_path.py [--repeats 7] [--losses k15 grpo] [--out PATH]
+        [--overrides key=value ...]   # extra config overrides (e.g. a tiny smoke run)
 
-Writes ``benchmarks/results/update_path.json``.
+Writes ``benchmarks/results/update_path.json`` (or ``--out``).
 """
 from __future__ import annotations
 
@@ -54,7 +59,7 @@ def _stats(xs: list[float]) -> dict:
     return {"min": min(xs), "median": statistics.median(xs), "max": max(xs), "all": xs}
 
 
-def rollout_batch(run_dir: Path):
+def rollout_batch(run_dir: Path, extra: list[str]):
     """The default config's context after the warm-up, and one collated rollout batch."""
     from reasonzoo.config import validate
     from reasonzoo.context import RunContext
@@ -62,7 +67,7 @@ def rollout_batch(run_dir: Path):
     from reasonzoo.train import compose
     from reasonzoo.trainer import collate, param_groups
 
-    cfg = compose(BASE)
+    cfg = compose(BASE + extra)
     rc = validate(cfg)
     torch.set_num_threads(rc.threads)
     hook = make_manager(build_plugins(cfg)).hook
@@ -91,12 +96,12 @@ def rollout_batch(run_dir: Path):
     return ctx, rc, batch, {"warmup_seconds": t_warm, "warmup_cached": warm.get("warmup/cached")}
 
 
-def make_loss(name: str, reuse: bool):
+def make_loss(name: str, reuse: bool, extra: list[str]):
     """The loss plugin as the trainer builds it from the default config plus ``loss=<name>``."""
     from reasonzoo.registry import build_plugins
     from reasonzoo.train import compose
 
-    cfg = compose(BASE + [f"loss={name}", f"loss.reuse_behaviour_logprobs={str(reuse).lower()}"])
+    cfg = compose(BASE + extra + [f"loss={name}", f"loss.reuse_behaviour_logprobs={str(reuse).lower()}"])
     return build_plugins(cfg)[f"loss/{name}"]
 
 
@@ -126,31 +131,35 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--losses", nargs="+", default=["k15", "grpo"])
+    ap.add_argument("--overrides", nargs="*", default=[])
+    ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     load_before = os.getloadavg()
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     with tempfile.TemporaryDirectory() as tmp:
-        ctx, rc, batch, warm = rollout_batch(Path(tmp))
+        ctx, rc, batch, warm = rollout_batch(Path(tmp), args.overrides)
     weights = {k: v.detach().clone() for k, v in ctx.policy.model.state_dict().items()}
-    from reasonzoo.pg import behaviour_is_current
+    start = [p.detach().clone() for p in ctx.policy.model.parameters()]
+    from reasonzoo.pg import behaviour_is_current, uniform_groups
 
     out = {
-        "benchmark": "update_path", "date": started,
+        "benchmark": "update_path", "date": started, "overrides": args.overrides,
         "settings": {"prompts": rc.prompts_per_iteration, "samples_per_prompt": rc.samples_per_prompt,
                      "max_new_tokens": rc.generation.max_new_tokens, "temperature": rc.generation.temperature,
                      "top_p": rc.generation.top_p, "minibatch_size": rc.train.minibatch_size,
                      "microbatches": rc.train.microbatches, "epochs": rc.train.epochs, "threads": torch.get_num_threads(),
                      "repeats": args.repeats, "rows": len(batch), "padded_width": int(batch.input_ids.shape[1]),
                      "response_tokens": int(batch.response_mask.sum()), "model": dict(ctx.cfg.model.tiny),
+                     "rows_in_groups_of_equal_returns": int(uniform_groups(batch.returns, batch.group_index).sum()),
                      "parameters": sum(p.numel() for p in ctx.policy.model.parameters()), **warm},
         "behaviour_is_current": behaviour_is_current(ctx, batch),
         "losses": {},
     }
     for name in args.losses:
-        arms = {True: make_loss(name, True), False: make_loss(name, False)}
+        arms = {True: make_loss(name, True, args.overrides), False: make_loss(name, False, args.overrides)}
         times = {True: [], False: []}
         prep = {True: [], False: []}
-        diffs, flags = [], {}
+        diffs, step_norm, diff_norm, flags = [], [], [], {}
         for r in range(args.repeats):
             params = {}
             for reuse in ((True, False) if r % 2 == 0 else (False, True)):
@@ -159,6 +168,8 @@ def main() -> None:
                 prep[reuse].append(t_prep)
                 flags[reuse] = metrics.get("loss/reused_behaviour_logprobs")
             diffs.append(max(float((a - b).abs().max()) for a, b in zip(params[True], params[False])))
+            step_norm.append(float(torch.cat([(b - w).flatten() for b, w in zip(params[False], start)]).norm()))  # forward arm's update
+            diff_norm.append(float(torch.cat([(a - b).flatten() for a, b in zip(params[True], params[False])]).norm()))
             print(f"{name} repeat {r}: reuse {times[True][-1]:.3f} s, forward {times[False][-1]:.3f} s", file=sys.stderr)
         med_r, med_f = statistics.median(times[True]), statistics.median(times[False])
         out["losses"][name] = {
@@ -166,18 +177,20 @@ def main() -> None:
             "prepare_seconds_reuse": _stats(prep[True]), "prepare_seconds_forward": _stats(prep[False]),
             "median_saving_fraction": 1 - med_r / med_f, "speedup_median": med_f / med_r,
             "max_abs_param_diff_between_arms": max(diffs),
+            "update_norm_forward": max(step_norm), "update_diff_norm_between_arms": max(diff_norm),
             "reused_metric": {"reuse": flags[True], "forward": flags[False]},
         }
         print(f"{name}: update median {med_r:.3f} s (reuse) vs {med_f:.3f} s (forward): "
-              f"{100 * (1 - med_r / med_f):.1f}% less; max |dparam| {max(diffs):.2e}", file=sys.stderr)
+              f"{100 * (1 - med_r / med_f):.1f}% less; max |dparam| {max(diffs):.2e}, "
+              f"|d update| {max(diff_norm):.2e} vs |update| {max(step_norm):.2e}", file=sys.stderr)
     import transformers
 
     out["load_average"] = {"before": load_before, "after": os.getloadavg()}
     out["versions"] = {"python": platform.python_version(), "torch": torch.__version__,
                        "transformers": transformers.__version__, "cpu_count": os.cpu_count()}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=1) + "\n")
-    print(f"wrote {RESULTS}", file=sys.stderr)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1) + "\n")
+    print(f"wrote {args.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

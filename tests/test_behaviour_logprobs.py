@@ -56,9 +56,9 @@ def _ctx(make_ctx, policy, overrides=(), engine=True):
     return ctx
 
 
-def _rollout_batch(ctx, k=4, seed=0):
+def _rollout_batch(ctx, k=4, seed=0, reward=lambda r: float(len(r.response_ids) % 2 == 0)):
     """A real batch: the torch engine samples k responses per prompt at T = 1 (current version);
-    rewards 1 for an even response length, so groups have varied returns."""
+    by default rewards 1 for an even response length, so groups have varied returns."""
     policy = ctx.policy
     params = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=12)
     groups = []
@@ -67,7 +67,7 @@ def _rollout_batch(ctx, k=4, seed=0):
         prompt = policy.encode_prompt(text)
         gens = ctx.engine.generate([GenerationRequest(prompt)] * k, params, torch.Generator().manual_seed(seed + i))
         rolls = tuple(make_rollout(ctx, prob, prompt, g) for g in gens)
-        rewards = tuple(RewardResult(float(len(r.response_ids) % 2 == 0), False) for r in rolls)
+        rewards = tuple(RewardResult(reward(r), False) for r in rolls)
         groups.append(RolloutGroup(prob, rolls, rewards, (0.0,) * k))
     return collate(groups, policy.pad_token_id)
 
@@ -259,12 +259,13 @@ def test_update_at_another_temperature_runs_the_forward(make_ctx, tiny_policy):
 def test_training_runs_report_the_path(tmp_path, tiny_overrides, run_metrics):
     """Sync rollouts at T = 1 (4 optimizer steps): every update reuses. Partial rollouts: an
     update whose groups hold stale segments (``rollout/stale_token_frac`` > 0) runs the forward,
-    one without reuses."""
+    one without reuses. The length reward from iteration 1 makes returns vary within groups
+    (the 10-step warm-up answers nothing correctly; all-equal returns would take the forward)."""
     from reasonzoo.train import compose
     from reasonzoo.trainer import train
 
     base = tiny_overrides + ["iterations=4", "eval.every=0", "eval.before=false", "checkpoint.keep=0",
-                             "train.minibatch_size=4"]
+                             "train.minibatch_size=4", "length_penalty.warmup_iterations=0"]
     train(compose(base), tmp_path / "sync")
     recs = run_metrics(tmp_path / "sync")[1:]
     assert [r["loss/reused_behaviour_logprobs"] for r in recs] == [1.0] * 4
@@ -273,3 +274,22 @@ def test_training_runs_report_the_path(tmp_path, tiny_overrides, run_metrics):
     recs = [r for r in run_metrics(tmp_path / "partial")[1:] if r["response/groups"] > 0]
     seen = [(r["rollout/stale_token_frac"] > 0, r["loss/reused_behaviour_logprobs"]) for r in recs]
     assert sorted(set(seen)) == [(False, 1.0), (True, 0.0)], seen  # both kinds of iteration, each on its path
+
+
+def test_k15_with_every_advantage_zero_keeps_the_forward(make_ctx, tiny_policy):
+    """All returns equal: the exact k1.5 update is zero; k15 takes the forward, which keeps it
+    zero under AdamW (whose first step g / (|g| + eps) would turn any ~1e-6 difference between
+    the engine's log-probs and the trainer's into lr-sized steps). GRPO needs no such guard: a
+    zero advantage zeroes its surrogate's gradient whatever π_old is."""
+    batch = _rollout_batch(_ctx(make_ctx, tiny_policy), reward=lambda r: 1.0)
+    out, calls, flag = _prepared(make_ctx, tiny_policy, "k15", batch=batch)
+    assert (calls, flag) == (1, False)
+    for name in ("k15", "grpo"):
+        policy = copy.deepcopy(tiny_policy)
+        ctx = _ctx(make_ctx, policy, MULTI)
+        ctx.hook = make_manager({"loss": LOSSES[name][0]()}).hook
+        ctx.optimizer = torch.optim.AdamW(policy.model.parameters(), lr=1e-3, weight_decay=0.0)
+        before = [p.detach().clone() for p in policy.model.parameters()]
+        metrics = update(ctx, batch, validate(ctx.cfg))
+        assert metrics["loss/reused_behaviour_logprobs"] == (1.0 if name == "grpo" else 0.0)
+        assert all(torch.equal(a, b) for a, b in zip(before, policy.model.parameters())), name

@@ -26,7 +26,11 @@ Implementation details:
   declares ``logprobs_match_policy``), the reference is their masked sum and the forward is
   skipped (15% of a default iteration's time; ``docs/losses.md``). Otherwise (another
   temperature or top-p, stale segments of partial rollouts in the loss, vLLM in bf16, or
-  ``false``) the forward runs. Metric ``loss/reused_behaviour_logprobs``: 1 when the reference
+  ``false``) the forward runs. It also runs when every response in the loss has r − b = 0 (all
+  groups of equal returns, e.g. a hard batch before the length reward starts): the exact update
+  is then zero, since log π − log π_ref is 0 bitwise at θ_i, while the engine's ~1e-6 differences
+  would give a gradient of ~1e-8 that Adam's first step (g / (|g| + ε), the optimizer being reset)
+  turns into lr-sized steps. Metric ``loss/reused_behaviour_logprobs``: 1 when the reference
   came from the behaviour log-probs, 0 when from a forward.
 - ``divide_by_2tau: true`` (default) divides L by 2τ so that ∇L = −(eq. 3) exactly and the
   step size does not depend on τ; ``false`` keeps the paper's L.
@@ -109,7 +113,10 @@ class K15Loss:
         self.reused_behaviour = False
         if not one_step or has_dropout(ctx.policy.model):
             mask = self.mask(ctx, batch)
-            if self.cfg.reuse_behaviour_logprobs and behaviour_is_current(ctx, batch, mask):
+            # all r − b = 0: the exact update is zero (eq. 3 at θ_i), which needs log π − log π_ref = 0
+            # bitwise; the engine's ~1e-6 would be blown up to lr-sized steps by Adam's g / (|g| + ε)
+            informative = bool(((batch.returns - out["k15/baseline"] != 0) & (mask.sum(-1) > 0)).any())
+            if self.cfg.reuse_behaviour_logprobs and informative and behaviour_is_current(ctx, batch, mask):
                 out["k15/ref_logprob"] = (batch.behaviour_logprobs * mask).sum(-1)  # the engine's, = π_θi's (N,)
                 self.reused_behaviour = True
             else:
