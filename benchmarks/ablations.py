@@ -12,7 +12,8 @@ recorded separately (``warmup/seconds`` of the runs whose ``warmup/cached`` is 0
 shows the sweep's time with and without them.
 
 Writes ``benchmarks/results/ablations.json`` (wall time per sweep, the sweep directories, load
-average, library versions, each arm's numbers as the report computes them) and regenerates the
+average, library versions, each arm's numbers as the report computes them; sweeps run by an earlier
+invocation whose directories still exist are kept, so the six may be run in parts) and regenerates the
 generated block of ``docs/ablations.md`` (between ``<!-- report -->`` and ``<!-- /report -->``)
 from the report, whose plots go to ``docs/ablations/``. The text around the block (what the paper
 found, whether it reproduced) is written by people, from these numbers.
@@ -88,28 +89,33 @@ def main() -> None:
     args, extra = ap.parse_known_args()
     from reasonzoo.ablation_report import aggregate, build_report, load_tables
 
-    record = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.platform(),
-              "cpus": os.cpu_count(), "versions": _versions(), "loadavg_at_start": os.getloadavg(),
-              "extra_overrides": extra, "sweeps": {}}
+    now = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.platform(),
+           "cpus": os.cpu_count(), "versions": _versions(), "loadavg_at_start": os.getloadavg(), "extra_overrides": extra}
+    old = json.loads((RESULTS / "ablations.json").read_text()) if (RESULTS / "ablations.json").exists() else {}
+    # sweeps of earlier invocations whose runs are still on disk are kept (the six may run in parts)
+    sweeps = {k: v for k, v in old.get("sweeps", {}).items() if (ROOT / v.get("dir", "-")).is_dir()}
     if args.report_only is not None:
-        dirs = [Path(p).resolve() for p in args.report_only]
-        for d in dirs:
-            name = d.parent.name
-            record["sweeps"][name] = {"dir": str(d.relative_to(ROOT) if d.is_relative_to(ROOT) else d)}
+        for d in (Path(p).resolve() for p in args.report_only):
+            rel = str(d.relative_to(ROOT) if d.is_relative_to(ROOT) else d)
+            prev = sweeps.get(d.parent.name, {})
+            sweeps[d.parent.name] = prev if prev.get("dir") == rel else {"dir": rel}
     else:
-        dirs = []
         for name in args.sweeps:
             d, seconds = run_sweep(name, extra)
-            dirs.append(d)
             warm = warmup_seconds(d)
-            record["sweeps"][name] = {"dir": str(d.relative_to(ROOT)), "wall_seconds": seconds,
-                                      "warmup_training_seconds": warm}
+            sweeps[name] = {"dir": str(d.relative_to(ROOT)), "wall_seconds": seconds, "warmup_training_seconds": warm,
+                            **now}
             print(f"== {name}: {seconds / 60:.1f} min ({warm / 60:.1f} CPU-min of it training uncached warm-ups)", flush=True)
-        total = sum(s["wall_seconds"] for s in record["sweeps"].values())
-        record["total_wall_seconds"] = total
+    sweeps = {k: sweeps[k] for k in ORDER if k in sweeps}
+    record = {**now, "sweeps": sweeps}
+    timed = [s["wall_seconds"] for s in sweeps.values() if "wall_seconds" in s]
+    if len(timed) == len(sweeps):
+        record["total_wall_seconds"] = sum(timed)
+    os.chdir(ROOT)  # relative sweep paths: the report's headings name multirun/<sweep>/<time>
+    dirs = [Path(s["dir"]) for s in sweeps.values()]
     for t in load_tables(dirs):
         name = Path(t.source).parent.name
-        record["sweeps"].setdefault(name, {})["arms"] = [
+        record["sweeps"][name]["arms"] = [
             {"arm": r.name, "seeds": r.n, "initial": r.initial, "final": r.final, "best": r.best,
              "tokens_to_target": r.tokens, "reached": r.reached, "length": r.length, "wall_seconds": r.wall,
              "iterations": r.iterations}

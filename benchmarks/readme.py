@@ -72,7 +72,22 @@ def main_job() -> str:
     return "\n".join(text)
 
 
-BLOCKS = {"main_job": main_job}
+def ablations() -> str:
+    """Wall time of each sweep of ``benchmarks/ablations.py`` and each arm's final accuracy."""
+    r = _load("ablations")
+    lines = ["| sweep | wall time | arms: final held-out pass@1 (mean ± std over seeds) |", "|---|---:|---|"]
+    for name, sw in r["sweeps"].items():
+        arms = "; ".join(f"`{a['arm']}` {a['final'][0]:.3f}" + (f" ± {a['final'][1]:.3f}" if a["final"][1] is not None else "")
+                         for a in sw["arms"])
+        lines.append(f"| `{name}` | {_mmss(sw['wall_seconds'])} | {arms} |")
+    total = r.get("total_wall_seconds")
+    head = (f"Measured by `benchmarks/ablations.py` (`results/ablations.json`, {r['date'][:10]}; 2 CPU cores, jobs two at "
+            f"a time, warm-ups cached): the six sweeps took {_mmss(total)} in all." if total is not None else
+            "Measured by `benchmarks/ablations.py` (`results/ablations.json`).")
+    return "\n".join([head + " What reproduced and what did not: [docs/ablations.md](docs/ablations.md).", "", *lines])
+
+
+BLOCKS = {"main_job": main_job, "ablations": ablations}
 PATTERN = re.compile(r"(<!-- results:(\w+) -->\n)(.*?)(<!-- /results:\2 -->)", re.DOTALL)
 
 

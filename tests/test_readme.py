@@ -30,3 +30,26 @@ def test_readme_results_block_matches_results_file():
     res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "readme.py"), "--check"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "<!-- results:main_job -->\nMeasured by `benchmarks/main_job.py`" in (ROOT / "README.md").read_text()
+
+
+def test_ablations_doc_tables_match_the_results_file():
+    """docs/ablations.md's generated tables hold each arm's numbers of results/ablations.json (both
+    written by benchmarks/ablations.py from the same sweeps), and every sweep is reported."""
+    import json
+    import re
+
+    res = json.loads((ROOT / "benchmarks" / "results" / "ablations.json").read_text())
+    doc = (ROOT / "docs" / "ablations.md").read_text()
+    block = doc.split("<!-- report -->", 1)[1].split("<!-- /report -->", 1)[0]
+    assert set(res["sweeps"]) == {p.stem for p in (ROOT / "conf" / "sweep").glob("*.yaml")}
+    for name, sweep in res["sweeps"].items():
+        assert f"## {sweep['dir']}" in block
+        section = block.split(f"## {sweep['dir']}", 1)[1].split("\n## ", 1)[0]
+        for arm in sweep["arms"]:
+            row = next(l for l in section.splitlines() if l.startswith(f"| `{arm['arm']}` ") or
+                       (arm["arm"] == "(all same)" and l.startswith("| (all same) ")))
+            m, s = arm["final"]
+            assert f"| {m:.3f} ± {s:.3f} |" in row, (name, arm["arm"], row)
+            assert re.search(rf"\| {arm['seeds']} \|", row)
+    for img in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", block):
+        assert (ROOT / "docs" / img).is_file(), img
