@@ -124,6 +124,7 @@ class Table:
     arms: dict[str, list[Run]]  #: arm name -> its runs, in job order
     common: list[str] = field(default_factory=list)  #: overrides shared by every arm (seed excluded)
     command: list[str] | None = None  #: the sweep's command-line overrides (multirun.yaml), if known
+    pending: list[Path] = field(default_factory=list)  #: live jobs without a record yet (left out of the table)
 
 
 # ---------------------------------------------------------------- loading
@@ -150,37 +151,81 @@ def _ignored(key: str) -> bool:
     return key in SEED_KEYS or key in IGNORED_KEYS or key == "hydra" or key.startswith("hydra.")
 
 
+class NoRecords(ValueError):
+    """A run directory without a metrics record yet (no ``metrics.jsonl``, or an empty one)."""
+
+
+#: Record keys :func:`load_run` requires to be numbers (the ones the report computes with).
+NUMERIC_KEYS = ("eval/accuracy", "eval/mean_length", "tokens/generated", "time/elapsed", "rollout/tokens",
+                "response/tokens", "response/mean_length", "time/iteration", "time/eval")
+
+
+def _numeric_key(key: str) -> bool:
+    return key in NUMERIC_KEYS or key.startswith(("eval/accuracy/", "eval/mean_length/"))
+
+
+def is_live(path: Path) -> bool:
+    """True when the process whose pid the run's lock file names (:class:`reasonzoo.rundir.RunLock`)
+    still exists, i.e. the run is (very likely) still going. Read-only: the lock is never taken,
+    so a job starting meanwhile is not disturbed (a reused pid reads as live)."""
+    import os
+
+    from .rundir import LOCK_FILE
+
+    try:
+        pid = int((Path(path) / LOCK_FILE).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def load_run(path: Path) -> Run:
     """Read one run directory.
 
-    :raises ValueError: no ``metrics.jsonl`` or no record in it, a line that is not a JSON object
-        with an integer ``iteration``, or an unreadable ``summary.json`` / YAML file (the message
-        names the file).
+    :raises NoRecords: (a ``ValueError``) no ``metrics.jsonl`` or no record in it.
+    :raises ValueError: a line that is not a JSON object with an integer ``iteration`` (the
+        unterminated last line of a live run, :func:`is_live`, is skipped: it is being written), a
+        non-number under a key the report computes with (:data:`NUMERIC_KEYS`, ``eval/accuracy/<d>``,
+        ``eval/mean_length/<d>``), or an unreadable ``summary.json`` / YAML file (the message names
+        the file and line).
     """
     import yaml
 
     path = Path(path)
     mfile = path / "metrics.jsonl"
     if not mfile.is_file():
-        raise ValueError(f"{path}: run directory without metrics.jsonl (the run failed before its first record, or "
+        raise NoRecords(f"{path}: run directory without metrics.jsonl (the run failed before its first record, or "
                          f"has not written it yet); remove it or leave it out")
     records = []
     try:
-        lines = mfile.read_text(encoding="utf-8").splitlines()
+        text = mfile.read_text(encoding="utf-8")
+        lines = text.splitlines()
     except UnicodeDecodeError as exc:
         raise ValueError(f"{mfile}: not UTF-8 text (byte {exc.start}); expected JSON lines of metrics") from exc
+    torn = bool(lines) and not text.endswith("\n") and is_live(path)  # a live run may be mid-write
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
+            if torn and n == len(lines):
+                break
             raise ValueError(f"{mfile}:{n}: not a JSON object ({exc.msg}); expected one metrics record per line") from exc
-        if not isinstance(rec, dict) or not isinstance(rec.get("iteration"), int):
+        if not isinstance(rec, dict) or type(rec.get("iteration")) is not int:
             raise ValueError(f"{mfile}:{n}: expected a metrics record with an integer 'iteration'")
+        for k, v in rec.items():
+            if _numeric_key(k) and not (type(v) in (int, float)):
+                raise ValueError(f"{mfile}:{n}: '{k}' is {json.dumps(v)}; expected a number")
         records.append(rec)
     if not records:
-        raise ValueError(f"{mfile}: no metrics records (the run stopped before its first evaluation)")
+        raise NoRecords(f"{mfile}: no metrics records (the run stopped before its first evaluation)")
 
     def read_yaml(f: Path) -> Any:
         try:
@@ -222,8 +267,12 @@ def load_tables(paths: Sequence[str | Path]) -> list[Table]:
     """One :class:`Table` per sweep directory in ``paths`` (in order), then one for the plain run
     directories among them (if any).
 
+    A job of a sweep that has no record yet while its process is alive (:func:`is_live`: a sweep
+    still running) is left out and listed in :attr:`Table.pending`.
+
     :raises ValueError: a path that does not exist or is neither a run directory nor a directory
-        of run directories; and any error of :func:`load_run`.
+        of run directories; a sweep none of whose jobs has a record yet; and any error of
+        :func:`load_run` (for a sweep's job without a record: only when its process has ended).
     """
     import yaml
 
@@ -248,7 +297,20 @@ def load_tables(paths: Sequence[str | Path]) -> list[Table]:
                                 .get("hydra", {}).get("overrides", {}) or {}).get("task") or []) or None
             except (yaml.YAMLError, AttributeError, UnicodeDecodeError):
                 command = None  # only decoration: the jobs' own overrides define the arms
-        tables.append(group_arms(str(given), [load_run(j) for j in jobs], command))
+        runs, pending = [], []
+        for j in jobs:
+            try:
+                runs.append(load_run(j))
+            except NoRecords:
+                if not is_live(j):  # failed before its first record: the user decides (remove it)
+                    raise
+                pending.append(j)  # a sweep still running: this job has not written a record yet
+        if not runs:
+            raise ValueError(f"{given}: no job of this sweep has written a metrics record yet (running: "
+                             f"{', '.join(j.name for j in pending)}); try again after their first evaluation")
+        table = group_arms(str(given), runs, command)
+        table.pending = pending
+        tables.append(table)
     if singles:
         tables.append(group_arms("runs", singles))
     return tables
@@ -549,6 +611,8 @@ def build_report(paths: Sequence[str | Path], out: str | Path | None = None, tar
         if unfinished:
             md += ["Unfinished (no summary.json; their last evaluation counts as final): "
                    + ", ".join(f"`{r.path}` (seed {r.seed})" for r in unfinished), ""]
+        if t.pending:
+            md += ["Still running, no record yet (left out): " + ", ".join(f"`{p}`" for p in t.pending), ""]
         if stopped:
             md += ["Stopped by a budget: " + ", ".join(f"`{r.path}` (budget.{why})" for r, why in stopped), ""]
         if plots:
