@@ -178,11 +178,37 @@ def _compose_checked(overrides: list[str], check: bool = True) -> DictConfig:
 def _config_sweep_params(overrides: list[str]) -> list[str]:
     """The ``hydra.sweeper.params`` a config sets (a ``conf/sweep/*.yaml`` file: ``key: a,b,c``), as
     overrides, for the keys the command line does not set (Hydra's basic sweeper does the same:
-    the command line wins)."""
+    the command line wins).
+
+    :raises UsageError: a fixed override of a key that the config composed without the swept
+        choices lacks (``-m loss=grpo,ppo loss.clip_high=0.28``: the default loss has no
+        ``clip_high``; Hydra composes a multirun's fixed overrides before any job's choice, and
+        refuses it with a hint to write ``+loss.clip_high``, which the jobs would refuse in turn):
+        the message names the override and its working form ``++loss.clip_high=0.28``.
+    """
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
 
     fixed = [o.input_line for o in OverridesParser.create().parse_overrides(overrides) if not o.is_sweep_override()]
-    params = compose(fixed, hydra_config=True).hydra.sweeper.get("params") or {}
+    try:
+        hcfg = compose(fixed, hydra_config=True).hydra
+    except HydraException as exc:
+        m = _OVERRIDE_FAILED.search(str(exc))
+        bad = [o for o in fixed if m and not o.startswith(("+", "~")) and _key_of(o) == m.group(1)]
+        if not bad:
+            raise
+        from . import conf
+
+        groups = {d.name for d in Path(conf.__file__).parent.iterdir() if d.is_dir() and not d.name.startswith("_")}
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        if not any(o.is_sweep_override() and o.key_or_group in groups for o in parsed) \
+                and "sweep" not in {_key_of(o) for o in fixed}:  # no group is swept: the plain config error
+            _compose_checked(fixed)
+            raise
+        raise UsageError(f"{bad[0]}: no such key in the config before the swept choices are applied (a sweep's "
+                         f"fixed overrides are composed first, with the default groups); write ++{bad[0]} to set "
+                         f"it in every job (each job then checks that its choice has the key)") from None
+    params = hcfg.sweeper.get("params") or {}
     given = {_key_of(o) for o in overrides}
     return [f"{k}={v}" for k, v in params.items() if k not in given]
 

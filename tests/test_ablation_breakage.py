@@ -128,3 +128,27 @@ def test_the_command_line_wins_over_a_sweep_files_parameters():
     jobs = _sweep_jobs(["sweep=losses", "recipe=k15,ppo"])
     assert sorted(tuple(sorted(j)) for j in jobs) == sorted(
         tuple(sorted(["sweep=losses", f"recipe={r}", f"seed={s}"])) for r in ("k15", "ppo") for s in (0, 1, 2))
+
+
+def test_a_fixed_override_valid_only_for_the_swept_choices_names_the_working_form(capsys):
+    # -m loss=grpo,ppo loss.clip_high=0.28: Hydra composes the fixed overrides on the default loss
+    # (k15, no clip_high) first. Old code: "Could not override 'loss.clip_high'. To append to your
+    # config use +loss.clip_high=0.28", a form every job would refuse in turn.
+    from reasonzoo.errors import EXIT_USAGE, UsageError
+    from reasonzoo.train import _sweep_jobs
+
+    for overrides in (["loss=grpo,ppo", "loss.clip_high=0.28"], ["recipe=grpo,ppo", "loss.clip_high=0.28"],
+                      ["sweep=losses", "loss.clip_high=0.28"]):
+        with pytest.raises(UsageError, match=r"^loss\.clip_high=0\.28: no such key in the config before the swept "
+                                             r"choices are applied .* write \+\+loss\.clip_high=0\.28 to set it"):
+            _sweep_jobs(overrides)
+    assert _sweep_jobs(["loss=grpo,ppo", "++loss.clip_high=0.28"]) == [
+        ["loss=grpo", "++loss.clip_high=0.28"], ["loss=ppo", "++loss.clip_high=0.28"]]
+
+
+def test_a_sweep_of_values_only_keeps_the_plain_unknown_key_error():
+    from reasonzoo.registry import PluginError
+    from reasonzoo.train import _sweep_jobs
+
+    with pytest.raises(PluginError, match=r"^loss\.bogus: unknown key for plugin loss/k15"):
+        _sweep_jobs(["seed=0,1", "loss.bogus=1"])  # seed is a value, not a group: nothing swept changes loss
