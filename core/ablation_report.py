@@ -165,15 +165,32 @@ def _numeric_key(key: str) -> bool:
 
 
 def is_live(path: Path) -> bool:
-    """True when the process whose pid the run's lock file names (:class:`reasonzoo.rundir.RunLock`)
-    still exists, i.e. the run is (very likely) still going. Read-only: the lock is never taken,
-    so a job starting meanwhile is not disturbed (a reused pid reads as live)."""
+    """True when a live process holds the run's lock (:class:`reasonzoo.rundir.RunLock`, an
+    ``flock`` on ``<run>/.reasonzoo.lock``): the run is still going. Read-only, the lock is never
+    taken (a job starting meanwhile is not disturbed): the lock file's inode among the ``FLOCK``
+    entries of ``/proc/locks``; where that file cannot be read, whether the pid the lock file names
+    still exists (a pid reused by another process, e.g. a joblib worker, then reads as live)."""
     import os
 
     from .rundir import LOCK_FILE
 
+    lock = Path(path) / LOCK_FILE
     try:
-        pid = int((Path(path) / LOCK_FILE).read_text().split()[0])
+        ino = lock.stat().st_ino
+    except OSError:
+        return False
+    try:
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        table = None
+    if table is not None:
+        for line in table.splitlines():
+            f = line.split()
+            if "FLOCK" in f and "->" not in f and len(f) >= 3 and f[-3].rsplit(":", 1)[-1] == str(ino):
+                return True
+        return False
+    try:
+        pid = int(lock.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return False
     try:

@@ -14,6 +14,7 @@ from reasonzoo import ablation_report
 from reasonzoo.ablation_report import build_report, load_run, load_tables
 from reasonzoo.cli import main as cli_main
 from reasonzoo.errors import EXIT_FAILURE
+from reasonzoo.rundir import RunLock
 
 ITS = [{"iteration": 0, "eval/accuracy": 0.25, "eval/mean_length": 20.0},
        {"iteration": 1, "tokens/generated": 100, "time/elapsed": 1.0, "response/mean_length": 12.0,
@@ -64,16 +65,21 @@ def test_a_boolean_iteration_is_not_an_integer(tmp_path):
         load_run(tmp_path / "r")
 
 
-def test_is_live_reads_the_lock_files_pid_without_taking_the_lock(tmp_path):
+def test_is_live_sees_a_held_lock_without_taking_it(tmp_path):
     d = tmp_path / "r"
     d.mkdir()
     assert not ablation_report.is_live(d)  # no lock file
-    (d / ".reasonzoo.lock").write_text("")
-    assert not ablation_report.is_live(d)  # no pid in it
+    lock = RunLock(d).acquire()
+    try:
+        assert ablation_report.is_live(d) and ablation_report.is_live(d)  # reading it twice: still held
+    finally:
+        lock.release()
+    assert not ablation_report.is_live(d)  # the lock file stays, nobody holds it
     (d / ".reasonzoo.lock").write_text(f"{_dead_pid()}\n")
     assert not ablation_report.is_live(d)
-    (d / ".reasonzoo.lock").write_text(f"{os.getpid()}\n")
-    assert ablation_report.is_live(d)
+    if Path("/proc/locks").is_file():  # a live pid that does not hold the lock (a reused joblib worker)
+        (d / ".reasonzoo.lock").write_text(f"{os.getpid()}\n")
+        assert not ablation_report.is_live(d)
 
 
 def test_a_sweep_still_running_is_reported_without_its_jobs_that_have_no_record_yet(tmp_path, capsys):
@@ -83,17 +89,16 @@ def test_a_sweep_still_running_is_reported_without_its_jobs_that_have_no_record_
     (sweep / "2" / ".hydra").mkdir(parents=True)  # running, still in its warm-up: no metrics.jsonl yet
     (sweep / "2" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["loss=k15", "seed=1"]))
     (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {"task": ["loss=k15,grpo", "seed=0,1"]}}}))
-    for d in ("1", "2"):
-        (sweep / d / ".reasonzoo.lock").write_text(f"{os.getpid()}\n")  # a live process holds them
     # the live run 1 is mid-write: its last line is torn (no newline yet)
     (sweep / "1" / "metrics.jsonl").write_text(json.dumps(ITS[0]) + "\n" + json.dumps(ITS[1])[:30])
     # Old code: "…/2: run directory without metrics.jsonl … remove it or leave it out" (a job of a
     # sweep cannot be left out), then "…/1/metrics.jsonl:2: not a JSON object".
-    md, [shown] = build_report([sweep], tmp_path / "out", plots=False)
+    with RunLock(sweep / "1"), RunLock(sweep / "2"):  # held as the live jobs hold them
+        md, [shown] = build_report([sweep], tmp_path / "out", plots=False)
+        [table] = load_tables([sweep])
     assert f"Still running, no record yet (left out): `{sweep / '2'}`" in md
     assert "| `loss=grpo` (unfinished) | 1 | 0.250 | 0.250 | – |" in shown  # the torn record is not read
     assert "| `loss=k15` | 1 | 0.250 | 0.500 | 0.500 |" in shown
-    [table] = load_tables([sweep])
     assert table.pending == [sweep / "2"] and [r.path.name for rs in table.arms.values() for r in rs] == ["0", "1"]
 
 
@@ -113,8 +118,8 @@ def test_a_sweep_whose_jobs_all_have_no_record_yet_is_one_line(tmp_path, capsys)
     sweep = tmp_path / "sweep"
     for j in ("0", "1"):
         (sweep / j / ".hydra").mkdir(parents=True)
-        (sweep / j / ".reasonzoo.lock").write_text(f"{os.getpid()}\n")
-    code, line = _one_error_line(["report", str(sweep)], capsys)
+    with RunLock(sweep / "0"), RunLock(sweep / "1"):
+        code, line = _one_error_line(["report", str(sweep)], capsys)
     assert code == EXIT_FAILURE
     assert f"{sweep}: no job of this sweep has written a metrics record yet (running: 0, 1)" in line
     assert not (sweep / "report").exists()
