@@ -58,7 +58,7 @@ def test_warmup_cache_key_changes_with_the_tokenizer():
 
     class Ctx:
         cfg = OmegaConf.create({"model": {"name": "hf"}, "task": {"name": "modarith"}, "warmup": {"name": "sft"}})
-        seed = 0
+        seed = warmup_seed = data_seed = 0
 
     other = Tokenizer.from_str(TOK.backend_tokenizer.to_str())
     other.add_tokens(["<extra>"])  # one more vocabulary entry: a different tokenizer under the same config
