@@ -180,6 +180,8 @@ def _config_sweep_params(overrides: list[str]) -> list[str]:
     overrides, for the keys the command line does not set (Hydra's basic sweeper does the same:
     the command line wins).
 
+    :raises PluginError: a fixed override of a key that its group's choice lacks, where that group
+        is not swept (``-m seed=0,1 loss.bogus=1``; ``-m sweep=losses task=jsonl task.min_steps=2``).
     :raises UsageError: a fixed override of a key that the config composed without the swept
         choices lacks (``-m loss=grpo,ppo loss.clip_high=0.28``: the default loss has no
         ``clip_high``; Hydra composes a multirun's fixed overrides before any job's choice, and
@@ -201,8 +203,9 @@ def _config_sweep_params(overrides: list[str]) -> list[str]:
 
         groups = {d.name for d in Path(conf.__file__).parent.iterdir() if d.is_dir() and not d.name.startswith("_")}
         parsed = OverridesParser.create().parse_overrides(overrides)
-        if not any(o.is_sweep_override() and o.key_or_group in groups for o in parsed) \
-                and "sweep" not in {_key_of(o) for o in fixed}:  # no group is swept: the plain config error
+        chosen = {_key_of(o) for o in fixed}
+        swept = any(o.is_sweep_override() and o.key_or_group in groups for o in parsed) or "sweep" in chosen
+        if not swept or _key_of(bad[0]).split(".", 1)[0] in chosen:  # its group is not swept: the plain error
             _compose_checked(fixed)
             raise
         raise UsageError(f"{bad[0]}: no such key in the config before the swept choices are applied (a sweep's "

@@ -157,3 +157,13 @@ def test_a_sweep_of_values_only_keeps_the_plain_unknown_key_error():
 
     with pytest.raises(PluginError, match=r"^loss\.bogus: unknown key for plugin loss/k15"):
         _sweep_jobs(["seed=0,1", "loss.bogus=1"])  # seed is a value, not a group: nothing swept changes loss
+
+
+def test_a_key_missing_from_a_group_chosen_outside_the_sweep_keeps_the_plain_error():
+    # -m sweep=losses task=jsonl task.min_steps=2 ...: the task is fixed (not swept), so the ++
+    # hint would be wrong; the error names the task plugin and its keys.
+    from reasonzoo.registry import PluginError
+    from reasonzoo.train import _sweep_jobs
+
+    with pytest.raises(PluginError, match=r"^task\.min_steps: unknown key for plugin task/jsonl"):
+        _sweep_jobs(["sweep=losses", "task=jsonl", "task.train_path=a.jsonl,b.jsonl", "task.min_steps=2"])
