@@ -288,7 +288,7 @@ def load_tables(paths: Sequence[str | Path]) -> list[Table]:
     still running) is left out and listed in :attr:`Table.pending`.
 
     :raises ValueError: a path that does not exist or is neither a run directory nor a directory
-        of run directories; a sweep none of whose jobs has a record yet; and any error of
+        of run directories (a directory of sweeps, such as ``multirun/losses``, names them); a sweep none of whose jobs has a record yet; and any error of
         :func:`load_run` (for a sweep's job without a record: only when its process has ended).
     """
     import yaml
@@ -303,6 +303,11 @@ def load_tables(paths: Sequence[str | Path]) -> list[Table]:
             singles.append(load_run(p))
             continue
         jobs = _sweep_jobs(p)
+        sweeps = sorted(c.name for c in p.iterdir() if c.is_dir() and (c / "multirun.yaml").is_file()) if not jobs else []
+        if sweeps:  # multirun/losses holds one sweep per invocation (<date>_<time>)
+            shown = ", ".join(sweeps[-3:]) + (f" and {len(sweeps) - 3} older" if len(sweeps) > 3 else "")
+            raise ValueError(f"{given}: a directory of sweeps, not a sweep; pass the sweep directories themselves "
+                             f"({shown})")
         if not jobs:
             raise ValueError(f"{given}: neither a run directory (no metrics.jsonl) nor a sweep directory (no "
                              f"sub-directory holding a run)")

@@ -167,3 +167,18 @@ def test_a_key_missing_from_a_group_chosen_outside_the_sweep_keeps_the_plain_err
 
     with pytest.raises(PluginError, match=r"^task\.min_steps: unknown key for plugin task/jsonl"):
         _sweep_jobs(["sweep=losses", "task=jsonl", "task.train_path=a.jsonl,b.jsonl", "task.min_steps=2"])
+
+
+def test_a_directory_of_sweeps_names_them(tmp_path, capsys):
+    # conf/sweep/*.yaml write multirun/<name>/<date>_<time>: `reasonzoo report multirun/losses` is
+    # natural. Old code: "neither a run directory (no metrics.jsonl) nor a sweep directory".
+    parent = tmp_path / "losses"
+    for stamp in ("2026-11-30_01-00-00", "2026-11-30_02-00-00", "2026-11-30_03-00-00", "2026-11-30_04-00-00"):
+        _run(parent / stamp / "0")
+        (parent / stamp / "multirun.yaml").write_text("{}\n")
+    code, line = _one_error_line(["report", str(parent)], capsys)
+    assert code == EXIT_FAILURE and line.endswith(
+        f"{parent}: a directory of sweeps, not a sweep; pass the sweep directories themselves "
+        f"(2026-11-30_02-00-00, 2026-11-30_03-00-00, 2026-11-30_04-00-00 and 1 older)")
+    md, [shown] = build_report([parent / "2026-11-30_04-00-00"], tmp_path / "out", plots=False)
+    assert "| (all same) | 1 | 0.250 | 0.500 | 0.500 |" in shown
