@@ -219,11 +219,19 @@ def _config_sweep_params(overrides: list[str]) -> list[str]:
 def _sweep_jobs(overrides: list[str]) -> list[list[str]]:
     """The override lists of every job of a ``-m`` sweep (``a=1,2 b=x,y``: 4 jobs; with the
     ``hydra.sweeper.params`` of a ``sweep=<name>`` config, as Hydra's sweeper runs them); a sweep
-    that cannot be enumerated here (``glob``, ``interval``) is left out."""
+    that cannot be enumerated here (``glob``, ``interval``) is left out.
+
+    :raises UsageError: ``sweep`` itself swept (``sweep=losses,sampling``); see also
+        :func:`_config_sweep_params`."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from hydra.errors import HydraException
 
+    for o in OverridesParser.create().parse_overrides(list(overrides)):
+        if o.is_sweep_override() and o.key_or_group == "sweep":  # Hydra would run one job per file, none of its params
+            raise UsageError(f"{o.input_line}: a sweep file cannot itself be swept (its hydra.sweeper.params are read "
+                             f"before a job chooses it, so each job would run one config, not the file's sweep); "
+                             f"run one reasonzoo-train -m sweep=<name> per file")
     options = []
     overrides = list(overrides) + _config_sweep_params(overrides)
     for o in OverridesParser.create().parse_overrides(overrides):

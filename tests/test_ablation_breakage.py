@@ -182,3 +182,15 @@ def test_a_directory_of_sweeps_names_them(tmp_path, capsys):
         f"(2026-11-30_02-00-00, 2026-11-30_03-00-00, 2026-11-30_04-00-00 and 1 older)")
     md, [shown] = build_report([parent / "2026-11-30_04-00-00"], tmp_path / "out", plots=False)
     assert "| (all same) | 1 | 0.250 | 0.500 | 0.500 |" in shown
+
+
+@pytest.mark.parametrize("override", ["sweep=losses,sampling", "sweep=glob(*)"])
+def test_sweeping_over_sweep_files_is_refused(override):
+    # Old code: [['sweep=losses'], ['sweep=sampling']]; Hydra then launched 2 jobs, one config of
+    # each file, none of the files' 21 + 9 parameter combinations.
+    from reasonzoo.errors import UsageError
+    from reasonzoo.train import _sweep_jobs
+
+    with pytest.raises(UsageError, match=r"a sweep file cannot itself be swept .* run one reasonzoo-train -m "
+                                         r"sweep=<name> per file"):
+        _sweep_jobs([override])
