@@ -274,10 +274,18 @@ def _preflight(args: list[str]) -> list[str]:
     key = "hydra.sweep.dir" if ns.multirun else "hydra.run.dir"
     chosen = next((o.split("=", 1)[1].strip("'\"") for o in overrides if o.lstrip("+").startswith(key + "=")), None)
     if chosen is not None:
-        if not ns.multirun and Path(chosen).is_dir():  # refuse a live or a held run before Hydra writes into it
-            if is_locked(chosen):
-                RunLock(chosen).acquire()  # raises RunDirError naming the pid
-            check_fresh(chosen, bool(cfgs[0].get("overwrite", False)))
+        # refuse a live or a held run before Hydra writes into it (for a sweep: before Hydra rewrites
+        # each existing job's .hydra/ files, which would relabel the finished run held there)
+        if ns.multirun:
+            subdir = OmegaConf.to_container(compose(jobs[0], hydra_config=True).hydra.sweep, resolve=False)["subdir"]
+            held = [(Path(chosen) / str(i), c) for i, c in enumerate(cfgs)] if subdir == "${hydra.job.num}" else []
+        else:
+            held = [(Path(chosen), cfgs[0])]
+        for job, c in held:
+            if job.is_dir():
+                if is_locked(job):
+                    RunLock(job).acquire()  # raises RunDirError naming the pid
+                check_fresh(job, bool(c.get("overwrite", False)))
         return []
     hcfg = compose(jobs[0], hydra_config=True).hydra
     target = Path(hcfg.sweep.dir if ns.multirun else hcfg.run.dir)

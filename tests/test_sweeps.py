@@ -89,3 +89,20 @@ def test_smoke_sweep_runs_and_reads_as_its_arms(name, tmp_path, monkeypatch, tin
         assert all(run.summary["stopped_by"] == "generated_tokens" for runs in table.arms.values() for run in runs)
     cfg = OmegaConf.load(sweep / "0" / "reasonzoo_config.yaml")
     assert cfg.seed == 0 and cfg.warmup_seed == 0 and cfg.data_seed == 0
+
+
+def test_a_sweep_into_a_directory_holding_finished_jobs_is_refused_and_changes_nothing(tmp_path, cli, tiny_overrides):
+    """A second sweep into an existing sweep directory used to be refused only once Hydra had
+    rewritten each old job's .hydra/overrides.yaml: the finished runs were then relabelled (the
+    report named the k15 results recipe=rloo). Now refused before Hydra starts."""
+    sweep = tmp_path / "s"
+    args = ["-m", *[a for a in tiny_overrides if not a.startswith("iterations=")], "iterations=1", "eval.before=false",
+            f"hydra.sweep.dir={sweep}"]
+    proc = cli(args + ["length_penalty=none,k15"])
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    before = {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file() and p.suffix in (".yaml", ".jsonl")}
+    proc = cli(args + ["length_penalty=k15,none"])
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 2 and f"{sweep / '0'} holds a finished run" in out, out
+    assert {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file() and p.suffix in (".yaml", ".jsonl")} == before
