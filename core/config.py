@@ -115,7 +115,10 @@ def _check_keys(node: dict, schema: type, prefix: str) -> None:
         if key not in fields:
             raise PluginError(f"{prefix}{key}: unknown config key; allowed keys: {', '.join(fields)}")
         ftype = fields[key].default_factory if fields[key].default_factory is not dataclasses.MISSING else None
-        if ftype is not None and dataclasses.is_dataclass(ftype) and isinstance(value, dict):
+        if ftype is not None and dataclasses.is_dataclass(ftype):
+            if not isinstance(value, dict):  # budget=5: a value where a group of keys belongs
+                raise PluginError(f"{prefix}{key}={value!r}: {prefix}{key} is a group of keys, not a value; set one of its keys "
+                                  f"({', '.join(f'{prefix}{key}.{f.name}' for f in dataclasses.fields(ftype))})")
             _check_keys(value, ftype, f"{prefix}{key}.")
 
 

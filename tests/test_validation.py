@@ -102,3 +102,12 @@ def test_more_prompts_than_the_task_has_is_refused_before_warmup(tmp_path, tiny_
     with pytest.raises(PluginError, match=r"^prompts_per_iteration=100000 exceeds the \d+ training problems of task=modarith"):
         train(compose(tiny_overrides + ["prompts_per_iteration=100000", "warmup.steps=100000"]), tmp_path / "run")
     assert not [p.name for p in (tmp_path / "run").iterdir() if not p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("override,key", [("budget=5", "budget"), ("train=0.1", "train"), ("eval=null", "eval")])
+def test_a_value_for_a_group_of_keys_names_the_group_and_its_keys(override, key):
+    """budget=5 used to fail with ': Merge error: int is not a subclass of BudgetConfig' (no key)."""
+    from reasonzoo.config import validate
+
+    with pytest.raises(PluginError, match=rf"^{key}=.*: {key} is a group of keys, not a value; set one of its keys \({key}\.\w+"):
+        validate(compose([override]))
