@@ -6,8 +6,8 @@ Two forwards:
   ``max_batch`` sequences decode together, a finished one frees its row for the next waiting
   request (rows are refilled, or dropped when nothing waits, once a fraction ``compact_at`` of
   them is free); prompts of mixed lengths are prefilled in length buckets and attend per span of
-  similar lengths. ~2.4x HF ``generate`` at batch 64 on the tiny default model
-  (``benchmarks/rollout_throughput.py``).
+  similar lengths. ~1.5x HF ``generate`` at batch 64 on the tiny default model at equal
+  work (EOS masked on both sides; ``benchmarks/rollout_throughput.py``).
 - otherwise (other architectures, or ``fast: false``) the Hugging Face module itself, token by
   token with its cache, as ``generate`` does, in static chunks of ``max_batch`` (no continuous
   batching: a finished row idles until its chunk ends).
