@@ -170,9 +170,7 @@ def is_live(path: Path) -> bool:
     taken (a job starting meanwhile is not disturbed): the lock file's inode among the ``FLOCK``
     entries of ``/proc/locks``; where that file cannot be read, whether the pid the lock file names
     still exists (a pid reused by another process, e.g. a joblib worker, then reads as live)."""
-    import os
-
-    from .rundir import LOCK_FILE
+    from .rundir import LOCK_FILE, pid_alive
 
     lock = Path(path) / LOCK_FILE
     try:
@@ -193,13 +191,7 @@ def is_live(path: Path) -> bool:
         pid = int(lock.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 def load_run(path: Path) -> Run:

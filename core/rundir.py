@@ -102,7 +102,8 @@ def clear_run(run_dir: str | Path, old_log_bytes: int = 0) -> None:
             f.truncate()
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True when process ``pid`` exists (this process included; one owned by another user counts)."""
     if pid == os.getpid():
         return True
     try:
@@ -123,7 +124,7 @@ def remove_stale_temporaries(run_dir: str | Path) -> list[Path]:
             continue
         for p in folder.iterdir():
             m = _TMP.match(p.name)
-            if m and not _alive(int(m.group(1))):
+            if m and not pid_alive(int(m.group(1))):
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
                 removed.append(p)
     return removed
