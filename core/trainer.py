@@ -97,6 +97,13 @@ def evaluate(ctx: RunContext, problems: Sequence[Problem], cfg: RunConfig) -> di
     return training_metrics(run_eval(ctx, problems, settings))
 
 
+def _timed_evaluate(ctx: RunContext, problems: Sequence[Problem], cfg: RunConfig) -> dict[str, float]:
+    """:func:`evaluate` plus ``time/eval``, its wall seconds (a record's evaluation time, left out
+    of ``time/elapsed``)."""
+    t0 = time.perf_counter()
+    return {**evaluate(ctx, problems, cfg), "time/eval": time.perf_counter() - t0}
+
+
 def make_rollout(ctx: RunContext, problem: Problem, prompt_ids: Sequence[int], gen: Generation) -> Rollout:
     """A :class:`Rollout` from an engine :class:`Generation` (one segment at the current version).
     Its text is the engine's cut at a stop string (``Generation.text``) when there is one, so
@@ -382,9 +389,7 @@ def _train_locked(cfg: DictConfig, run_dir: Path, old_log_bytes: int = 0) -> dic
                 record: dict[str, Any] = {"iteration": 0, **data_metrics, **warm, "time/warmup": time.perf_counter() - t0}
                 if rc.eval.before:
                     ctx.iteration = 0
-                    t0 = time.perf_counter()
-                    record.update(evaluate(ctx, eval_problems, rc))
-                    record["time/eval"] = time.perf_counter() - t0
+                    record.update(_timed_evaluate(ctx, eval_problems, rc))
                 summary["initial_eval"] = record
                 if "eval/accuracy" in record:
                     log.info("iteration 0 (before RL): %s", eval_line(record))
@@ -426,9 +431,7 @@ def _train_locked(cfg: DictConfig, run_dir: Path, old_log_bytes: int = 0) -> dic
                 if "rollout/tokens" in record:  # tokens generated this iteration (partial rollouts), per second
                     record["response/generated_tokens_per_s"] = record["rollout/tokens"] / max(t_roll, 1e-9)
                 if it == rc.iterations or (rc.eval.every > 0 and it % rc.eval.every == 0):
-                    t0 = time.perf_counter()
-                    record.update(evaluate(ctx, eval_problems, rc))
-                    record["time/eval"] = time.perf_counter() - t0
+                    record.update(_timed_evaluate(ctx, eval_problems, rc))
                 record["time/iteration"] = time.perf_counter() - t_it
                 record["policy_version"] = ctx.policy_version
                 spent["tokens"] += int(record.get("rollout/tokens", record.get("response/tokens", 0)))
@@ -436,9 +439,7 @@ def _train_locked(cfg: DictConfig, run_dir: Path, old_log_bytes: int = 0) -> dic
                 record["tokens/generated"], record["time/elapsed"] = spent["tokens"], spent["seconds"]
                 stopped_by = _over_budget(rc, spent)
                 if stopped_by and "eval/accuracy" not in record and it < rc.iterations:  # the last iteration: evaluate now
-                    t0 = time.perf_counter()
-                    record.update(evaluate(ctx, eval_problems, rc))
-                    record["time/eval"] = time.perf_counter() - t0
+                    record.update(_timed_evaluate(ctx, eval_problems, rc))
                 _write_metrics(metrics_path, record)
                 log.info(iteration_line(record, rc.iterations))
                 hook.rz_log_metrics(ctx=ctx, metrics=record, step=it)
