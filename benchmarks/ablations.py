@@ -32,17 +32,13 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from _common import versions  # this folder: the script runs as python benchmarks/ablations.py
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "ablations.md"
 ASSETS = ROOT / "docs" / "ablations"
 ORDER = ["negative_gradients", "sampling", "length_penalty", "losses", "cot_length", "model_size"]
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    return {p: version(p) for p in ("torch", "transformers", "hydra-core", "hydra-joblib-launcher")}
 
 
 def run_sweep(name: str, extra: list[str]) -> tuple[Path, float]:
@@ -90,7 +86,7 @@ def main() -> None:
     from reasonzoo.ablation_report import aggregate, build_report, load_tables
 
     now = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.platform(),
-           "cpus": os.cpu_count(), "versions": _versions(), "loadavg_at_start": os.getloadavg(), "extra_overrides": extra}
+           "cpus": os.cpu_count(), "versions": versions(("torch", "transformers", "hydra-core", "hydra-joblib-launcher")), "loadavg_at_start": os.getloadavg(), "extra_overrides": extra}
     old = json.loads((RESULTS / "ablations.json").read_text()) if (RESULTS / "ablations.json").exists() else {}
     # sweeps of earlier invocations whose runs are still on disk are kept (the six may run in parts)
     sweeps = {k: v for k, v in old.get("sweeps", {}).items() if (ROOT / v.get("dir", "-")).is_dir()}

@@ -59,6 +59,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import main_job  # noqa: E402  (this folder: the scripts run as python benchmarks/<name>.py)
+from _common import code_state, stats, versions  # noqa: E402
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 RESULTS = Path(__file__).resolve().parent / "results" / "losses.json"
@@ -77,10 +80,6 @@ VARIANTS: dict[str, list[str]] = {
 }
 #: every run: no logging, no evaluation but the final one (on one problem per difficulty)
 COMMON = ["logger=none", "progress=false", "eval.before=false", "eval.every=0", "eval.problems_per_difficulty=1"]
-
-
-def _stats(values: list[float]) -> dict[str, float]:
-    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
 # ---- child: one run of one variant ---------------------------------------------------------------
@@ -175,26 +174,6 @@ def per_child(r: dict) -> dict:
     }
 
 
-def code_state() -> dict:
-    """The commit measured and the files of the package that differ from it (shared working trees)."""
-    root = Path(__file__).resolve().parent.parent
-
-    def git(*a: str) -> str:
-        res = subprocess.run(["git", *a], cwd=root, capture_output=True, text=True)
-        return res.stdout.strip() if res.returncode == 0 else ""
-
-    return {"commit": git("rev-parse", "HEAD"),
-            "uncommitted": git("status", "--porcelain", "--", "core", "plugins", "conf").splitlines()}
-
-
-def versions() -> dict[str, str]:
-    """Library versions (the helper of ``main_job.py``, in this folder)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from main_job import versions as main_job_versions
-
-    return main_job_versions()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -238,9 +217,9 @@ def main() -> None:
             "update_identical": all(x["update_identical"] for x in rows),
             "warmup_cached": all(x["warmup_cached"] == 1.0 for x in rows),
             "batch_tokens": rows[0]["batch_tokens"],
-            "generated_tokens_per_iteration": _stats([x["generated_tokens_per_iteration"] for x in rows]),
-            **{m: _stats([x[m] for x in rows]) for m in ("update_s", "iteration_s", "peak_rss_mib")},
-            **{f"{m}_ratio": _stats([x[m] / y[m] for x, y in zip(rows, ref)])
+            "generated_tokens_per_iteration": stats([x["generated_tokens_per_iteration"] for x in rows]),
+            **{m: stats([x[m] for x in rows]) for m in ("update_s", "iteration_s", "peak_rss_mib")},
+            **{f"{m}_ratio": stats([x[m] / y[m] for x, y in zip(rows, ref)])
                for m in ("update_s", "iteration_s", "peak_rss_mib")},
             "raw": rows,
         }
@@ -254,9 +233,9 @@ def main() -> None:
                      "common_overrides": COMMON, "reference": REFERENCE, "cpu_count": os.cpu_count(),
                      "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                      "interleaved": "repeat r runs every variant once, the order rotated by r; one child process each"},
-        "versions": versions(),
+        "versions": versions(main_job.PACKAGES),
         "code_at_start": code, "code_at_end": code_state(),
-        "load_average_1min": _stats(loads),
+        "load_average_1min": stats(loads),
         "wall_seconds": time.perf_counter() - t_start,
         "variants": table,
     }

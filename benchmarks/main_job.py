@@ -20,7 +20,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -28,19 +27,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import versions  # this folder: the script runs as python benchmarks/main_job.py
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("reasonzoo", "torch", "transformers", "math-verify"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
+#: The distributions whose versions a results file records (with Python's, ``_common.versions``).
+PACKAGES = ("reasonzoo", "torch", "transformers", "math-verify")
 
 
 def main() -> None:
@@ -84,7 +77,7 @@ def main() -> None:
         "name": "main_job",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "OMP_NUM_THREADS=1 " + " ".join(cmd),
-        "versions": versions(),
+        "versions": versions(PACKAGES),
         "timing": {},
         "rl_iteration_seconds_median": sorted(r["time/iteration"] for r in rl)[len(rl) // 2] if rl else None,
         "iterations": len(rl),

@@ -35,6 +35,7 @@ import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from _common import stats  # noqa: E402  (this folder: the script runs as python benchmarks/sandbox.py)
 from reasonzoo.sandbox import Limits, SandboxPool, judge_functions, probe  # noqa: E402
 
 WORKERS = 2
@@ -110,10 +111,6 @@ class Sandboxed:
             raise RuntimeError(f"{self.pool.backend} {kind}: {res.verdicts} {res.runs[0]}")
 
 
-def _stats(values: list[float]) -> dict:
-    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=40, help="judged programs per (kind, contestant, repeat)")
@@ -159,7 +156,7 @@ def main() -> None:
         rows[kind] = {}
         ref = statistics.median(raw[kind]["naive_python_-I_-S"])
         for name in contestants:
-            st = _stats(raw[kind][name])
+            st = stats(raw[kind][name])
             row = {"runs_per_s": st, "tests_per_s": {k: v * tests_per_run[kind] for k, v in st.items()},
                    "tests_per_run": tests_per_run[kind], "median_latency_ms": 1000 * statistics.median(lat[kind][name]),
                    "speedup_vs_naive": st["median"] / ref, "isolated": name != "naive_python_-I_-S"}
@@ -174,7 +171,7 @@ def main() -> None:
                      "omp_num_threads": os.environ["OMP_NUM_THREADS"]},
         "versions": {"python_trainer": sys.version.split()[0], "python_sandbox": info.python,
                      "platform": platform.platform()},
-        "load_average_1min": _stats(loads),
+        "load_average_1min": stats(loads),
         "kinds": rows,
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

@@ -50,13 +50,14 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
+from _common import stats  # noqa: E402  (this folder: the script runs as python benchmarks/update_path.py)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "update_path.json"
 BASE = ["logger=none", "progress=false", "threads=1"]
 
 
 def _stats(xs: list[float]) -> dict:
-    return {"min": min(xs), "median": statistics.median(xs), "max": max(xs), "all": xs}
+    return {**stats(xs), "all": xs}
 
 
 def rollout_batch(run_dir: Path, extra: list[str]):
