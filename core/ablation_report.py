@@ -61,6 +61,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from .report import difficulty_key
+from .runlog import iteration_cost
+
 #: Overrides that do not define an arm: repeats of one arm differ only by these.
 SEED_KEYS = ("seed",)
 #: Overrides / config keys that change where or how a run is kept, never what it computes.
@@ -99,14 +102,9 @@ class Run:
         """``(generated tokens, RL wall seconds)`` up to and including each record (see the module doc)."""
         out, tokens, seconds = [], 0.0, 0.0
         for r in self.records:
-            if "tokens/generated" in r:
-                tokens = float(r["tokens/generated"])
-            else:
-                tokens += float(r.get("rollout/tokens", r.get("response/tokens", 0.0)))
-            if "time/elapsed" in r:
-                seconds = float(r["time/elapsed"])
-            elif "time/iteration" in r:
-                seconds += float(r["time/iteration"]) - float(r.get("time/eval", 0.0))
+            it_tokens, it_seconds = iteration_cost(r)  # the trainer's rule, for runs older than the cumulative keys
+            tokens = float(r["tokens/generated"]) if "tokens/generated" in r else tokens + it_tokens
+            seconds = float(r["time/elapsed"]) if "time/elapsed" in r else seconds + it_seconds
             out.append((tokens, seconds))
         return out
 
@@ -494,7 +492,7 @@ def _slug(text: str) -> str:
 
 def _difficulties(runs: Iterable[Run]) -> list[str]:
     keys = {k.rsplit("/", 1)[-1] for r in runs for rec in r.records for k in rec if k.startswith("eval/accuracy/")}
-    return sorted(keys, key=lambda d: (0, int(d[1:]), d) if d[1:].isdigit() else (1, 0, d))
+    return sorted(keys, key=lambda d: difficulty_key("/" + d))
 
 
 def _series(runs: Sequence[Run], key: str, x: str, evals: bool = True):

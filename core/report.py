@@ -16,7 +16,7 @@ def plot_metrics(metrics_path: Path, out: Path) -> None:
     recs = [json.loads(l) for l in Path(metrics_path).read_text().splitlines() if l.strip()]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     ev = [r for r in recs if "eval/accuracy" in r]
-    keys = sorted({k for r in ev for k in r if k.startswith("eval/accuracy/")}, key=_dkey)
+    keys = sorted({k for r in ev for k in r if k.startswith("eval/accuracy/")}, key=difficulty_key)
     for k in keys:
         ax1.plot([r["iteration"] for r in ev if k in r], [r[k] for r in ev if k in r], marker="o", label=k.split("/")[-1])
     ax1.plot([r["iteration"] for r in ev], [r["eval/accuracy"] for r in ev], "k-", lw=2, label="all")
@@ -24,7 +24,7 @@ def plot_metrics(metrics_path: Path, out: Path) -> None:
     ax1.legend(fontsize=7)
     tr = [r for r in recs if "response/mean_length" in r]
     ax2.plot([r["iteration"] for r in tr], [r["response/mean_length"] for r in tr], "k-", label="train rollouts")
-    lkeys = sorted({k for r in ev for k in r if k.startswith("eval/mean_length/")}, key=_dkey)
+    lkeys = sorted({k for r in ev for k in r if k.startswith("eval/mean_length/")}, key=difficulty_key)
     for k in lkeys:
         ax2.plot([r["iteration"] for r in ev if k in r], [r[k] for r in ev if k in r], marker=".", label=k.split("/")[-1])
     ax2.set(xlabel="iteration", ylabel="tokens", title="mean response length")
@@ -34,7 +34,9 @@ def plot_metrics(metrics_path: Path, out: Path) -> None:
     plt.close(fig)
 
 
-def _dkey(k: str):
+def difficulty_key(k: str):
+    """Sort key of a per-difficulty metric key (``eval/accuracy/d3``): numeric difficulties in
+    order, then any other label."""
     d = k.rsplit("/d", 1)[-1]
     return (0, int(d)) if d.lstrip("-").isdigit() else (1, d)
 
@@ -45,7 +47,7 @@ def summary_table(summary: dict[str, Any]) -> str:
     if summary.get("distilled_eval"):
         cols.append(("distilled", summary["distilled_eval"]))
     levels = sorted({k.split("/")[-1] for _, c in cols for k in c if k.startswith("eval/accuracy/")},
-                    key=lambda d: _dkey("/" + d))
+                    key=lambda d: difficulty_key("/" + d))
     head = f"{'difficulty':>10} | " + " | ".join(f"{n + ' acc':>14} {n + ' len':>14}" for n, _ in cols)
     lines = [head, "-" * len(head)]
     for lv in levels + ["all"]:

@@ -40,7 +40,7 @@ from .evaluation import evaluate as run_eval
 from .registry import PluginError, build_plugins, make_manager
 from .errors import RunInterrupted, signals_raise
 from .rundir import RunLock, check_fresh, clear_run, is_finished, log_size, remove_stale_temporaries
-from .runlog import eval_line, iteration_line, log_to_run_dir, progress_bars
+from .runlog import eval_line, iteration_cost, iteration_line, log_to_run_dir, progress_bars
 from .types import FinishReason, Generation, Problem, Rollout, RolloutGroup, Segment, TrainBatch
 
 log = logging.getLogger("reasonzoo")
@@ -434,8 +434,9 @@ def _train_locked(cfg: DictConfig, run_dir: Path, old_log_bytes: int = 0) -> dic
                     record.update(_timed_evaluate(ctx, eval_problems, rc))
                 record["time/iteration"] = time.perf_counter() - t_it
                 record["policy_version"] = ctx.policy_version
-                spent["tokens"] += int(record.get("rollout/tokens", record.get("response/tokens", 0)))
-                spent["seconds"] += record["time/iteration"] - record.get("time/eval", 0.0)
+                tokens, seconds = iteration_cost(record)
+                spent["tokens"] += tokens
+                spent["seconds"] += seconds
                 record["tokens/generated"], record["time/elapsed"] = spent["tokens"], spent["seconds"]
                 stopped_by = _over_budget(rc, spent)
                 if stopped_by and "eval/accuracy" not in record and it < rc.iterations:  # the last iteration: evaluate now
