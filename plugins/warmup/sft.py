@@ -64,9 +64,8 @@ class SFTWarmup:
         version and the policy's tokenizer (:func:`reasonzoo.policy.tokenizer_fingerprint`: a
         cache trained with another vocabulary or chat template must never load)."""
         parts = {k: OmegaConf.to_container(ctx.cfg[k], resolve=True) for k in ("model", "task", "warmup")}
-        parts.update(seed=ctx.warmup_seed, version=__version__, tokenizer=tokenizer_fingerprint(policy.tokenizer))
-        if ctx.data_seed != ctx.warmup_seed:  # the training split it fits (equal seeds: the key of caches made before data_seed)
-            parts["data_seed"] = ctx.data_seed
+        parts.update(seed=ctx.warmup_seed, data_seed=ctx.data_seed, version=__version__,
+                     tokenizer=tokenizer_fingerprint(policy.tokenizer))
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
     @hookimpl
