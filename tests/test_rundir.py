@@ -191,7 +191,7 @@ def test_two_runs_started_together_get_their_own_directories(tmp_path, tiny_over
     procs = [subprocess.Popen(["reasonzoo-train", *args, f"seed={s}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for s in (1, 2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
+    assert [p.returncode for p in procs] == [0, 0], "\n----\n".join(o[-3000:] for o in outs)
     runs = sorted(p.parent for p in tmp_path.glob("outputs/*/*/metrics.jsonl"))
     assert len(runs) == 2
     seeds = sorted(OmegaConf.load(r / CONFIG_FILE).seed for r in runs)

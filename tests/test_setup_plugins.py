@@ -55,6 +55,48 @@ def test_sft_warmup_learns_and_caches(make_ctx, tiny_policy):
         SFTWarmup(SFTConfig(mix=[0.0, 0.0]))
 
 
+def test_sft_warmups_started_together_train_once_and_share_the_cache(make_ctx, tiny_policy, monkeypatch):
+    """Two runs needing the same warm-up at once (a sweep's two parallel jobs; two runs started in
+    one folder, where the second's rename into the cache failed in CI): the first trains, the other
+    waits on the key's lock and loads its result; the finished cache is never removed."""
+    import copy
+    import threading
+    import time
+
+    ctx = make_ctx()
+    problems = ModArith(ModArithConfig(min_steps=2, max_steps=2, train_size=50, eval_per_difficulty=5)).rz_load_problems(ctx, "train")
+    sft = SFTWarmup(SFTConfig(steps=2, batch_size=4))
+    trained = []
+
+    def slow_train(ctx_, policy, usable):
+        trained.append(threading.get_ident())
+        time.sleep(0.5)  # the other thread arrives while this one trains
+        with torch.no_grad():
+            for p in policy.model.parameters():
+                p.add_(1.0)
+        return {"warmup/loss": 0.5}
+
+    monkeypatch.setattr(sft, "train", slow_train)
+    policies = [tiny_policy, Policy(model=copy.deepcopy(tiny_policy.model), tokenizer=tiny_policy.tokenizer)]
+    results, errors = [None, None], []
+
+    def run(i):
+        try:
+            results[i] = sft.rz_warmup(ctx, policies[i], problems)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(trained) == 1
+    assert sorted(r["warmup/cached"] for r in results) == [0.0, 1.0]
+    for a, b in zip(policies[0].model.parameters(), policies[1].model.parameters()):
+        torch.testing.assert_close(a, b)
+
+
 def test_no_warmup(make_ctx, tiny_policy):
     before = [p.clone() for p in tiny_policy.model.parameters()]
     assert NoWarmup(None).rz_warmup(make_ctx(), tiny_policy, []) == {}

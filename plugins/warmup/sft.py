@@ -14,12 +14,15 @@ seed with this exact code path gives near-perfect worked solutions (loss ~0.07).
 
 The result is cached under ``<cache_dir>/warmup/<key>``, the key hashing the model, task and
 warm-up configs, ``warmup_seed`` and ``data_seed`` and the tokenizer, so the main job trains it once and
-reuses it afterwards, and the RL seeds of a sweep (``seed=0,1,2``) all start from the same warm-up.
+reuses it afterwards, and the RL seeds of a sweep (``seed=0,1,2``) all start from the same warm-up. Processes needing the same key at once take turns on a lock
+(``<key>.lock``): the first trains, the others wait and load its result.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
 import math
 import os
 import random
@@ -37,6 +40,8 @@ from reasonzoo import __version__, hookimpl, plugin
 from reasonzoo.checkpoint import load_into
 from reasonzoo.runlog import progress_bars
 from reasonzoo.policy import tokenizer_fingerprint
+
+log = logging.getLogger("reasonzoo")
 
 
 @dataclass
@@ -71,22 +76,36 @@ class SFTWarmup:
     @hookimpl
     def rz_warmup(self, ctx, policy, problems):
         cache = Path(os.path.expanduser(ctx.cfg.cache_dir)) / "warmup" / self.cache_key(ctx, policy)
-        if self.cfg.cache and (cache / "metrics.json").is_file():
-            load_into(policy.model, cache)
-            return {**json.loads((cache / "metrics.json").read_text()), "warmup/cached": 1.0}
-        usable = [p for p in problems if p.solutions]
-        if not usable:
-            raise ValueError("warmup=sft needs problems with reference solutions; this task has none (use warmup=none)")
-        metrics = self.train(ctx, policy, usable)
-        if self.cfg.cache:
+        if not self.cfg.cache:
+            return {**self._train_usable(ctx, policy, problems), "warmup/cached": 0.0}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        # One writer per key: processes started together (the two jobs a sweep runs at once, two
+        # runs started in one folder) wait for the first one's warm-up and load it instead of
+        # training it again and racing to rename it into place (the second rename failed).
+        with open(cache.with_name(f"{cache.name}.lock"), "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("waiting for another process's warm-up into %s", cache)
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            if (cache / "metrics.json").is_file():
+                load_into(policy.model, cache)
+                return {**json.loads((cache / "metrics.json").read_text()), "warmup/cached": 1.0}
+            metrics = self._train_usable(ctx, policy, problems)
             tmp = cache.with_name(f".tmp-{cache.name}-{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
             policy.save(tmp)
             (tmp / "metrics.json").write_text(json.dumps(metrics))
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(cache, ignore_errors=True)
+            if cache.exists():  # an incomplete entry (no metrics.json): never a finished one
+                shutil.rmtree(cache)
             os.rename(tmp, cache)
         return {**metrics, "warmup/cached": 0.0}
+
+    def _train_usable(self, ctx, policy, problems) -> dict[str, float]:
+        usable = [p for p in problems if p.solutions]
+        if not usable:
+            raise ValueError("warmup=sft needs problems with reference solutions; this task has none (use warmup=none)")
+        return self.train(ctx, policy, usable)
 
     def train(self, ctx, policy, problems) -> dict[str, float]:
         cfg, model = self.cfg, policy.model
