@@ -31,6 +31,9 @@ class RunContext:
     :ivar optimizer: the one optimizer (set before ``rz_run_start``): the policy's param group
         (``name`` ``"policy"``) and those plugins add with ``rz_trainable_parameters`` (a critic).
     :ivar state: scratch space shared across hooks within one run, keyed by plugin.
+    :ivar data_parallel: the trainer's :class:`reasonzoo.distributed.DataParallel` place (rank,
+        world size) when it has several ranks, else ``None``. Only rank 0 runs the loop's other
+        hooks; followers run the update-side ones (:mod:`reasonzoo.distributed`).
     """
 
     cfg: DictConfig
@@ -42,6 +45,7 @@ class RunContext:
     engine: Any = None
     optimizer: torch.optim.Optimizer | None = None
     state: dict[str, Any] = field(default_factory=dict)
+    data_parallel: Any = None
 
     @property
     def seed(self) -> int:

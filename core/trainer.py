@@ -204,21 +204,29 @@ def update(ctx: RunContext, batch: TrainBatch, cfg: RunConfig) -> dict[str, floa
     model.train()
     sums: dict[str, list[float]] = defaultdict(list)
     gen = ctx.generator("minibatch")
+    dp = ctx.data_parallel  # None on one rank; else this rank runs every R-th micro-batch (reasonzoo.distributed)
+    n_parts = dp.parts(cfg.train.microbatches) if dp else cfg.train.microbatches
+    params = [p for group in opt.param_groups for p in group["params"]]  # the policy's and any critic's
     for _ in range(cfg.train.epochs):
         order = torch.randperm(len(batch), generator=gen)
         for start in range(0, len(batch), cfg.train.minibatch_size):
             index = order[start : start + cfg.train.minibatch_size]
-            parts = _microbatches(index, sort_key, cfg.train.microbatches)
+            parts = _microbatches(index, sort_key, n_parts)
+            summed = len(parts) > 1 or dp is not None  # gradients of loss_i * d_i, divided by Σ d_i below
             opt.zero_grad(set_to_none=True)
             done = []
-            for part in parts:
+            for part in dp.mine(parts) if dp else parts:
                 out = ctx.hook.rz_loss(ctx=ctx, batch=batch.select(part))
                 d = float(len(part) if out.denominator is None else out.denominator)
-                (out.loss if len(parts) == 1 else out.loss * d).backward()
-                done.append((d, {"loss/total": float(out.loss.detach()), **out.metrics}))
+                (out.loss * d if summed else out.loss).backward()
+                done.append((d, {"loss/total": float(out.loss.detach()), **{k: float(v) for k, v in out.metrics.items()}}))
             total = sum(d for d, _ in done)
-            if len(parts) > 1 and total > 0:  # Σ_i d_i·∇loss_i / Σ_i d_i: the gradient of the minibatch mean
-                for p in (p for group in opt.param_groups for p in group["params"]):  # the policy's and any critic's
+            if dp is not None:  # Σ over ranks of the gradients and of the units: as one process running every part
+                total = dp.all_reduce_sum(total)
+                dp.all_reduce_grads(params)
+                done = [x for rank_done in dp.gather(done) for x in rank_done]
+            if summed and total > 0:  # Σ_i d_i·∇loss_i / Σ_i d_i: the gradient of the minibatch mean
+                for p in params:
                     if p.grad is not None:
                         p.grad.div_(total)
             done = [(d / total if total > 0 else 1 / len(done), m) for d, m in done]
