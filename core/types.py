@@ -190,12 +190,16 @@ class Generation:
     :ivar text: the response text when a stop string ended it: the decoded ``token_ids`` cut right
         after the stop string (kept; what follows it inside the last token dropped). ``None``
         otherwise: the text is ``policy.decode(token_ids)``.
+    :ivar policy_version: the policy version whose weights produced the tokens, when the engine
+        knows it (engines in other processes, :mod:`reasonzoo.ray_engines`, set the version they
+        served); ``None``: the engine runs the trainer's current weights (``ctx.policy_version``).
     """
 
     token_ids: tuple[int, ...]
     logprobs: tuple[float, ...]
     finish_reason: FinishReason
     text: str | None = None
+    policy_version: int | None = None
 
 
 @dataclass(frozen=True)
