@@ -58,12 +58,15 @@ class DataParallel:
         is then ``None``).
     :ivar group: the process group of the gradient all-reduce (``None``: the default group).
     :ivar control: the gloo group rank 0's commands travel on (``None``: the default group).
+    :ivar stopped: rank 0 has told the followers to stop (:meth:`Leader.stop`): they are leaving
+        cleanly; otherwise (a failed run) a placement kills them.
     """
 
     rank: int
     world_size: int
     group: Any = None
     control: Any = None
+    stopped: bool = False
 
     def parts(self, n: int) -> int:
         """Micro-batches per minibatch: ``n`` (``train.microbatches``) rounded up to a multiple of
@@ -140,7 +143,6 @@ class Leader:
 
     def __init__(self, dp: DataParallel):
         self.dp = dp
-        self.stopped = False
 
     def _send(self, ctx, kind: str, **payload) -> None:
         self.dp.broadcast({"kind": kind, "iteration": ctx.iteration, "policy_version": ctx.policy_version, **payload})
@@ -160,9 +162,10 @@ class Leader:
         self._send(ctx, "iteration", batch=batch, groups=groups)
 
     def stop(self, ctx) -> None:
-        """Followers leave their loop (idempotent)."""
-        if not self.stopped:
-            self.stopped = True
+        """Followers leave their loop (idempotent). Only on a run that ends normally: after a
+        failure the ranks may wait in another collective, and the placement kills them."""
+        if not self.dp.stopped:
+            self.dp.stopped = True
             self._send(ctx, "stop")
 
 

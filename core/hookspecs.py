@@ -54,10 +54,30 @@ def rz_build_policy(ctx):
 
 
 @hookspec(firstresult=True)
+def rz_place(ctx):
+    """Where the run's parts execute: the rollout engine(s) and the trainer's ranks. Group ``launcher``.
+
+    Called once, right after the policy is built (before the engine). ``launcher=local`` (the
+    default) keeps everything in this process; ``launcher=ray`` places engine actors and trainer
+    ranks on a Ray cluster (docs/cluster.md).
+
+    :param ctx: the run context (``ctx.policy`` is set).
+    :returns: a :class:`reasonzoo.launch.Placement`: ``engine(ctx, policy)`` builds the rollout
+        engine (locally: ``rz_build_engine``), ``start_trainer(ctx)`` starts the trainer's other
+        ranks and returns this process's :class:`reasonzoo.distributed.DataParallel` place (or
+        ``None`` for one rank), ``metrics()`` gives per-iteration counters (restarts, retries),
+        ``close()`` releases what it started. ``None``: the local placement.
+
+    Exclusive: stops at first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
 def rz_build_engine(ctx, policy):
     """Build the rollout engine that generates token ids from the policy.
 
-    Called once after the policy is built. The engine must implement
+    Called once after the policy is built, by the placement's ``engine()`` (``rz_place``; in an
+    engine actor under ``launcher=ray``). The engine must implement
     :class:`reasonzoo.engine.Engine` (``generate`` and ``sync_weights``). Group ``engine``.
 
     :param ctx: the run context.

@@ -46,6 +46,7 @@ HOOK_POINTS: tuple[str, ...] = (
     "loss",
     "distiller",
     "logger",
+    "launcher",
 )
 
 #: Built-in plugin modules; each defines one plugin class.
@@ -82,6 +83,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "reasonzoo.plugins.distiller.merge",
     "reasonzoo.plugins.logger.wandb",
     "reasonzoo.plugins.logger.none",
+    "reasonzoo.plugins.launcher.local",
+    "reasonzoo.plugins.launcher.ray",
 )
 
 

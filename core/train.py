@@ -95,17 +95,47 @@ def _resume(run_dir: str, extra: list[str]) -> None:
     saved = path / CONFIG_FILE
     if not saved.is_file():
         raise UsageError(f"resume={run_dir}: not a reasonzoo run directory ({CONFIG_FILE} missing)")
-    if extra:
-        raise UsageError(f"resume takes the run's saved config; drop the overrides {extra}")
+    placement = [o for o in extra if _key_of(o).split(".")[0] == "launcher"]
+    if len(placement) < len(extra):
+        raise UsageError(f"resume takes the run's saved config; drop the overrides {[o for o in extra if o not in placement]} "
+                         "(only launcher=... and launcher.*=... may change: where the run executes, not what it computes)")
     try:
         cfg = OmegaConf.load(saved)
     except UnicodeDecodeError as exc:
         raise ValueError(f"{saved}: not UTF-8 text (byte {exc.start}); expected the run's saved YAML config") from exc
     except Exception as exc:  # a YAML syntax error: name the file
         raise ValueError(f"{saved}: not a readable YAML config ({str(exc).splitlines()[0]})") from exc
+    _override_launcher(cfg, placement)
     cfg.resume = str(path)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     train(cfg, path)
+
+
+def _override_launcher(cfg: DictConfig, overrides: list[str]) -> None:
+    """Apply ``launcher=<name>`` (that launcher's defaults from ``conf/launcher/<name>.yaml``) and
+    ``launcher.<key>=<value>`` to a resumed run's saved config: a checkpoint resumes on another
+    world size or cluster (a run saved before the launcher group had none: ``local``)."""
+    import importlib.resources
+
+    import yaml
+
+    conf = importlib.resources.files("reasonzoo.conf") / "launcher"
+
+    def defaults(name: str) -> DictConfig:
+        f = conf / f"{name}.yaml"
+        if not f.is_file():
+            names = sorted(x.name[:-5] for x in conf.iterdir() if x.name.endswith(".yaml"))
+            raise UsageError(f"launcher={name}: no such launcher; allowed: {', '.join(names)}")
+        return OmegaConf.create(f.read_text())
+
+    if "launcher" not in cfg:
+        cfg.launcher = defaults("local")
+    for o in overrides:
+        key, _, value = o.lstrip("+").partition("=")
+        if key == "launcher":
+            cfg.launcher = defaults(value)
+        else:
+            OmegaConf.update(cfg, key, yaml.safe_load(value) if value else None, force_add=False)
 
 
 # --- validation before Hydra -------------------------------------------------------------------

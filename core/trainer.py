@@ -35,6 +35,8 @@ from tqdm.auto import tqdm
 from .checkpoint import atomic_write_text, latest_checkpoint, load_into, load_state, save_checkpoint
 from .config import RunConfig, validate
 from .context import RunContext
+from .distributed import Leader
+from .launch import LocalPlacement
 from .evaluation import EvalSettings, eval_split, training_metrics
 from .evaluation import evaluate as run_eval
 from .registry import PluginError, build_plugins, make_manager
@@ -191,7 +193,10 @@ def update(ctx: RunContext, batch: TrainBatch, cfg: RunConfig) -> dict[str, floa
     optimizer step (``train/empty_step_frac``: the share of such minibatches). Rows are sorted by their group's longest row, a group's rows
     kept together, so the samples of one prompt mostly share a micro-batch (the lean forward of
     :mod:`reasonzoo.fasttrain` runs their common prompt once). Gradient norms are clipped per
-    param group (``train/grad_norm``: the policy's; ``train/grad_norm/<name>``: the others')."""
+    param group (``train/grad_norm``: the policy's; ``train/grad_norm/<name>``: the others').
+    With several trainer ranks (``ctx.data_parallel``) each runs every R-th micro-batch and the
+    gradients and ``Σ d_i`` are summed over the ranks before the division (:mod:`reasonzoo.distributed`;
+    ``train/ranks`` logs R)."""
     model, opt = ctx.policy.model, ctx.optimizer
     with torch.no_grad():
         model.eval()
@@ -242,7 +247,10 @@ def update(ctx: RunContext, batch: TrainBatch, cfg: RunConfig) -> dict[str, floa
                     sums["train/grad_norm" if i == 0 else f"train/grad_norm/{group.get('name', i)}"].append(float(norm))
             opt.step()
     model.eval()
-    return {k: sum(v) / len(v) for k, v in sums.items()}
+    out = {k: sum(v) / len(v) for k, v in sums.items()}
+    if dp is not None:
+        out["train/ranks"] = float(dp.world_size)
+    return out
 
 
 def _write_metrics(path: Path, record: dict) -> None:
@@ -334,8 +342,6 @@ def _finished(run_dir: Path) -> dict[str, Any]:
 
 def _train_locked(cfg: DictConfig, run_dir: Path, old_log_bytes: int = 0) -> dict[str, Any]:
     """:func:`train` with ``run_dir``'s lock held (``old_log_bytes``: see :func:`clear_run`)."""
-    from .report import plot_metrics, summary_table
-
     rc = validate(cfg)
     transformers.utils.logging.disable_progress_bar()
     remove_stale_temporaries(run_dir)  # of killed writers only; the lock says no other run is live
@@ -343,8 +349,6 @@ def _train_locked(cfg: DictConfig, run_dir: Path, old_log_bytes: int = 0) -> dic
     pm = make_manager(build_plugins(cfg))
     hook = pm.hook
     ctx = RunContext(cfg=cfg, hook=hook, run_dir=run_dir)
-    metrics_path = run_dir / "metrics.jsonl"
-    ckpt = latest_checkpoint(run_dir) if rc.resume else None
     torch.manual_seed(rc.seed)
 
     train_problems = hook.rz_load_problems(ctx=ctx, split="train")
@@ -353,11 +357,32 @@ def _train_locked(cfg: DictConfig, run_dir: Path, old_log_bytes: int = 0) -> dic
     # every prompt + max_new_tokens must fit the model's context: error, or drop and count (model.overlong)
     kept, data_metrics = policy.fit_context({"train": train_problems, "eval": eval_problems}, rc.generation.max_new_tokens)
     train_problems, eval_problems = kept["train"], kept["eval"]
-    ctx.engine = engine = hook.rz_build_engine(ctx=ctx, policy=policy)
-    ctx.optimizer = torch.optim.AdamW(  # the policy's group, then the plugins' (a critic's)
-        param_groups(policy, hook.rz_trainable_parameters(ctx=ctx, policy=policy)),
-        lr=rc.train.lr, weight_decay=rc.train.weight_decay, betas=tuple(rc.train.betas)
-    )
+    placement = hook.rz_place(ctx=ctx) or LocalPlacement()  # launcher: where the engine and the trainer ranks run
+    try:
+        ctx.engine = engine = placement.engine(ctx, policy)
+        ctx.optimizer = torch.optim.AdamW(  # the policy's group, then the plugins' (a critic's)
+            param_groups(policy, hook.rz_trainable_parameters(ctx=ctx, policy=policy)),
+            lr=rc.train.lr, weight_decay=rc.train.weight_decay, betas=tuple(rc.train.betas)
+        )
+        ctx.data_parallel = placement.start_trainer(ctx)
+        return _train_placed(cfg, rc, run_dir, old_log_bytes, ctx, placement, train_problems, eval_problems, data_metrics)
+    except BaseException as exc:
+        why = placement.diagnose() if hasattr(placement, "diagnose") else None
+        if why and isinstance(exc, Exception):
+            raise RuntimeError(f"{why} (resume with resume={run_dir})") from exc
+        raise
+    finally:
+        placement.close()
+
+
+def _train_placed(cfg, rc, run_dir, old_log_bytes, ctx, placement, train_problems, eval_problems, data_metrics):
+    """:func:`_train_locked` once the engine, the optimizer and the trainer's ranks are placed."""
+    from .report import plot_metrics, summary_table
+
+    hook, policy, engine = ctx.hook, ctx.policy, ctx.engine
+    leader = Leader(ctx.data_parallel) if ctx.data_parallel is not None else None  # rank 0 of several
+    metrics_path = run_dir / "metrics.jsonl"
+    ckpt = latest_checkpoint(run_dir) if rc.resume else None
     summary: dict[str, Any] = {"run_dir": str(run_dir)}
     start = 1
     spent = {"tokens": 0, "seconds": 0.0}  # cumulative cost of RL so far (budget, tokens/generated, time/elapsed)
@@ -405,6 +430,8 @@ def _train_locked(cfg: DictConfig, run_dir: Path, old_log_bytes: int = 0) -> dic
                 hook.rz_log_metrics(ctx=ctx, metrics=record, step=0)
                 if rc.iterations > 0:
                     save_checkpoint(run_dir, 0, policy, _state(ctx, 0, spent), keep=rc.checkpoint.keep)
+            if leader is not None:  # the other ranks start from rank 0's weights (and, resumed, its optimizer and plugin state)
+                leader.sync(ctx, state["optimizer"] if ckpt is not None else None, state["plugins"] if ckpt is not None else None)
             sampling = rc.generation.sampling()
             bar = tqdm(range(start, rc.iterations + 1), desc="RL", disable=not progress_bars(rc.progress), initial=start - 1, total=rc.iterations)
             record = {}
@@ -429,11 +456,16 @@ def _train_locked(cfg: DictConfig, run_dir: Path, old_log_bytes: int = 0) -> dic
                     t_rew = time.perf_counter() - t0
                     t0 = time.perf_counter()
                     batch = collate(groups, policy.pad_token_id)
+                    if leader is not None:  # the other ranks replay the iteration's update-side hooks and join the update
+                        leader.iteration(ctx, batch, groups)
                     record.update({**rollout_metrics(groups), **update(ctx, batch, rc)})
                     ctx.policy_version += 1
                     engine.sync_weights()
                     t_upd = time.perf_counter() - t0
+                elif leader is not None:
+                    leader.iteration(ctx, None, groups)
                 record.update(_merge(hook.rz_iteration_end(ctx=ctx, groups=groups), "rz_iteration_end"))
+                record.update(placement.metrics())
                 record.update({"time/rollout": t_roll, "time/reward": t_rew, "time/update": t_upd,
                                "response/tokens_per_s": record.get("response/tokens", 0) / max(t_roll, 1e-9)})
                 if "rollout/tokens" in record:  # tokens generated this iteration (partial rollouts), per second
@@ -460,6 +492,8 @@ def _train_locked(cfg: DictConfig, run_dir: Path, old_log_bytes: int = 0) -> dic
                     log.info("budget reached after iteration %d: %s (budget.%s=%s)", it, _spent_text(spent), stopped_by,
                              rc.budget.generated_tokens if stopped_by == "generated_tokens" else rc.budget.wall_seconds)
                     break
+            if leader is not None:
+                leader.stop(ctx)
             summary["stopped_by"] = stopped_by or "iterations"
             summary["tokens/generated"], summary["time/elapsed"] = spent["tokens"], spent["seconds"]
             final = dict(record) if "eval/accuracy" in record else evaluate(ctx, eval_problems, rc)
@@ -468,7 +502,7 @@ def _train_locked(cfg: DictConfig, run_dir: Path, old_log_bytes: int = 0) -> dic
             distilled = hook.rz_distill(ctx=ctx, policy=policy)
             if distilled is not None:
                 ctx.policy = distilled
-                ctx.engine = hook.rz_build_engine(ctx=ctx, policy=distilled)
+                ctx.engine = placement.engine(ctx, distilled)
                 summary["distilled_eval"] = evaluate(ctx, eval_problems, rc)
                 distilled.save(run_dir / "distilled")
                 ctx.policy, ctx.engine = policy, engine

@@ -58,7 +58,7 @@ def test_hooks_in_loop_order(tmp_path, tiny_overrides, monkeypatch):
                            "rz_prepare_update", "rz_loss", "rz_iteration_end", "rz_log_metrics", "rz_checkpoint_state"}
     setup = list(dict.fromkeys(calls[:first]))
     core_setup = [n for n in setup if rank[n] < rank["rz_iteration_start"]]
-    assert core_setup == sorted(core_setup, key=rank.get) == ["rz_load_problems", "rz_build_policy", "rz_build_engine",
+    assert core_setup == sorted(core_setup, key=rank.get) == ["rz_load_problems", "rz_build_policy", "rz_place", "rz_build_engine",
                                                                "rz_trainable_parameters", "rz_run_start", "rz_warmup"]
     assert calls[-2:] == ["rz_distill", "rz_run_end"]
 

@@ -1,0 +1,143 @@
+"""Placement of a run's parts: the :class:`Placement` interface ``rz_place`` returns, and the local one.
+
+A placement answers where the rollout engine runs and how many ranks the trainer has. The loop
+(:mod:`reasonzoo.trainer`) asks it for the engine once, starts the trainer's other ranks after the
+optimizer exists, logs its ``metrics()`` every iteration and ``close()``\\ s it at the end, also on
+errors. ``launcher=local`` (:class:`LocalPlacement`) runs in this process, plus ``trainer_ranks - 1``
+local follower processes when asked; ``launcher=ray`` (``reasonzoo.plugins.launcher.ray``) places
+engine actors and trainer ranks on a Ray cluster.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import multiprocessing
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+from omegaconf import OmegaConf
+
+from .distributed import DataParallel
+
+log = logging.getLogger("reasonzoo")
+
+
+@runtime_checkable
+class Placement(Protocol):
+    """What ``rz_place`` returns (see :func:`reasonzoo.hookspecs.rz_place`).
+
+    Optional: ``diagnose() -> str | None``, called when the run fails: names a trainer rank or an
+    actor that died and its cause (the loop then raises that, with the resume hint).
+    """
+
+    def engine(self, ctx, policy):
+        """The rollout engine serving ``policy`` (an :class:`reasonzoo.engine.Engine`)."""
+
+    def start_trainer(self, ctx):
+        """Start the trainer's ranks 1 .. R-1 and join them as rank 0: this process's
+        :class:`reasonzoo.distributed.DataParallel`, or ``None`` for a one-rank trainer. Called
+        once, after ``ctx.optimizer`` is built."""
+
+    def metrics(self) -> dict[str, float]:
+        """Counters to log with each iteration (``ray/*``: restarts, retries); may be empty."""
+
+    def close(self) -> None:
+        """Stop and release what the placement started (idempotent; called on errors too)."""
+
+
+def init_rank(backend: str, init_method: str, rank: int, world: int, timeout_s: float) -> DataParallel:
+    """Join the trainer's process group as ``rank`` of ``world`` and return the
+    :class:`DataParallel` place; commands travel on a gloo group when ``backend`` is not gloo."""
+    torch.distributed.init_process_group(backend, init_method=init_method, rank=rank, world_size=world,
+                                         timeout=datetime.timedelta(seconds=timeout_s))
+    control = torch.distributed.new_group(backend="gloo") if backend != "gloo" else None
+    return DataParallel(rank, world, None, control)
+
+
+def _follower_process(cfg: dict, run_dir: str, rank: int, world: int, init_method: str, backend: str,
+                      timeout_s: float, error_file: str) -> None:
+    """A local follower rank (spawned): serve rank 0 until it says stop; a failure's last line is
+    left in ``error_file`` for :meth:`LocalPlacement.diagnose`."""
+    from .distributed import follower_loop
+
+    try:
+        dp = init_rank(backend, init_method, rank, world, timeout_s)
+        try:
+            follower_loop(OmegaConf.create(cfg), Path(run_dir), dp)
+        finally:
+            torch.distributed.destroy_process_group()
+    except BaseException as exc:
+        Path(error_file).write_text(f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__)
+        traceback.print_exc()
+        raise SystemExit(1)
+
+
+class LocalPlacement:
+    """This machine: the engine of ``rz_build_engine`` in this process, and ``trainer_ranks - 1``
+    follower ranks as local processes (spawned, gloo, file rendezvous in a temporary directory)
+    when ``trainer_ranks > 1``: the data-parallel update of :mod:`reasonzoo.distributed` on one
+    machine, as ``torchrun`` would start it.
+
+    :param trainer_ranks: ranks of the trainer, this process included.
+    :param backend: ``gloo`` or ``nccl``.
+    :param timeout_s: longest wait of a rank for a collective.
+    """
+
+    def __init__(self, trainer_ranks: int = 1, backend: str = "gloo", timeout_s: float = 86400.0):
+        self.world, self.backend, self.timeout_s = trainer_ranks, backend, timeout_s
+        self.procs: list = []
+        self.dp: DataParallel | None = None
+        self.tmp: tempfile.TemporaryDirectory | None = None
+
+    def engine(self, ctx, policy):
+        return ctx.hook.rz_build_engine(ctx=ctx, policy=policy)
+
+    def start_trainer(self, ctx):
+        if self.world == 1:
+            return None
+        self.tmp = tempfile.TemporaryDirectory(prefix="reasonzoo-ranks-")
+        init_method = f"file://{self.tmp.name}/rendezvous"
+        cfg = OmegaConf.to_container(ctx.cfg, resolve=True)
+        mp = multiprocessing.get_context("spawn")
+        self.procs = [mp.Process(target=_follower_process, daemon=True, name=f"reasonzoo-rank{r}",
+                                 args=(cfg, str(ctx.run_dir), r, self.world, init_method, self.backend, self.timeout_s,
+                                       f"{self.tmp.name}/rank{r}.error"))
+                      for r in range(1, self.world)]
+        for p in self.procs:
+            p.start()
+        self.dp = init_rank(self.backend, init_method, 0, self.world, self.timeout_s)
+        return self.dp
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
+    def diagnose(self) -> str | None:
+        """The first follower rank that has died: its pid, exit code and error line."""
+        for r, p in enumerate(self.procs, start=1):
+            p.join(timeout=2)
+            if p.exitcode not in (None, 0):
+                err = Path(f"{self.tmp.name}/rank{r}.error")
+                cause = err.read_text() if err.is_file() else (f"killed by signal {-p.exitcode}" if p.exitcode < 0
+                                                                else f"exit code {p.exitcode}")
+                return f"trainer rank {r} (pid {p.pid}) died: {cause}"
+        return None
+
+    def close(self) -> None:
+        try:
+            if self.dp is not None and self.dp.stopped:
+                for p in self.procs:
+                    p.join(timeout=60)
+            for p in self.procs:  # after a failure they may wait in a collective
+                if p.is_alive():
+                    p.kill()
+                    p.join(timeout=10)
+            if self.dp is not None and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+        finally:
+            self.procs, self.dp = [], None
+            if self.tmp is not None:
+                self.tmp.cleanup()
+                self.tmp = None

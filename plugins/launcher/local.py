@@ -1,0 +1,33 @@
+"""``launcher=local`` (the default): the run on this machine, as ``reasonzoo-train`` always ran.
+
+With ``trainer_ranks > 1`` the update is data-parallel over that many local processes
+(:mod:`reasonzoo.distributed`; this process is rank 0 and runs the loop and the engine).
+"""
+from dataclasses import dataclass
+
+from reasonzoo import hookimpl, plugin
+from reasonzoo.launch import LocalPlacement
+from reasonzoo.ranges import ranged
+
+BACKENDS = ("gloo", "nccl")
+
+
+@dataclass
+class LocalLauncherConfig:
+    trainer_ranks: int = ranged(1, ge=1)  #: trainer ranks on this machine, this process included (1: no process group)
+    backend: str = "gloo"  #: torch.distributed backend of the gradients: gloo (CPU) or nccl (GPUs)
+    timeout_s: float = ranged(86400.0, gt=0)  #: longest wait of a rank for rank 0 (rollouts, rewards, evaluation, warm-up)
+
+
+@plugin("launcher", "local", LocalLauncherConfig)
+class Local:
+    """This process, plus ``trainer_ranks - 1`` local trainer ranks when asked."""
+
+    def __init__(self, cfg: LocalLauncherConfig):
+        if cfg.backend not in BACKENDS:
+            raise ValueError(f"launcher.backend={cfg.backend!r}: allowed values are {', '.join(BACKENDS)}")
+        self.cfg = cfg
+
+    @hookimpl
+    def rz_place(self, ctx):
+        return LocalPlacement(self.cfg.trainer_ranks, self.cfg.backend, self.cfg.timeout_s)

@@ -1,0 +1,206 @@
+"""``launcher=ray``: rollout engines in Ray actors, the trainer on ``torch.distributed`` ranks.
+
+The process running ``reasonzoo-train`` is the Ray driver and the trainer's rank 0: it runs the
+loop (sampling, rewards, logging, evaluation, checkpoints) as ``launcher=local`` does. It starts
+(or joins, with ``address`` or ``RAY_ADDRESS``) a Ray cluster and places there
+
+* ``engines`` engine actors (:mod:`reasonzoo.ray_engines`): each rebuilds the plugins from the
+  same config, entry-point plugins included, and serves ``engine=<name>``; a rollout's requests
+  are split across them and the trainer's weights reach them with a version after every update;
+* ``trainer_ranks - 1`` trainer ranks (:func:`reasonzoo.distributed.follower_loop`), joined with
+  rank 0 in a ``torch.distributed`` group (gloo on CPU, nccl on GPU): the update is data-parallel
+  over the ranks (:mod:`reasonzoo.distributed`).
+
+Ray is an extra: ``pip install -e '.[ray]'``. Without it, ``launcher=ray`` is refused at config
+validation, before any work, in one line saying what to install. docs/cluster.md has the
+multi-node commands.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from omegaconf import OmegaConf
+
+from reasonzoo import hookimpl, plugin
+from reasonzoo.distributed import DataParallel
+from reasonzoo.launch import init_rank
+from reasonzoo.ranges import ranged
+from reasonzoo.registry import PluginError
+
+log = logging.getLogger("reasonzoo")
+BACKENDS = ("auto", "gloo", "nccl")
+
+
+@dataclass
+class RayLauncherConfig:
+    address: Optional[str] = None  #: a cluster to join (``ray://`` or ``host:port``); None: RAY_ADDRESS, else start a local one
+    num_cpus: Optional[int] = ranged(None, ge=1)  #: CPUs of a local cluster (logical); None: enough for the actors, at least this machine's
+    engines: int = ranged(1, ge=1)  #: rollout engine actors
+    engine_cpus: float = ranged(1.0, gt=0)  #: CPUs reserved per engine actor
+    engine_gpus: float = ranged(0.0, ge=0)  #: GPUs per engine actor
+    trainer_ranks: int = ranged(1, ge=1)  #: trainer ranks, this process (rank 0) included
+    rank_cpus: float = ranged(1.0, gt=0)  #: CPUs reserved per trainer rank actor (ranks 1 .. R-1)
+    rank_gpus: float = ranged(0.0, ge=0)  #: GPUs per trainer rank actor
+    backend: str = "auto"  #: torch.distributed backend of the gradients: auto (nccl with GPUs, else gloo), gloo, nccl
+    max_restarts: int = ranged(3, ge=0)  #: restarts of a dead engine actor before the run fails
+    max_task_retries: int = ranged(3, ge=0)  #: retries of an engine call whose actor died
+    timeout_s: float = ranged(86400.0, gt=0)  #: longest wait of a trainer rank for rank 0 (its rollouts, rewards, evaluation, warm-up)
+
+
+@plugin("launcher", "ray", RayLauncherConfig)
+class RayLauncher:
+    """Engines in Ray actors, a data-parallel trainer over ``torch.distributed``."""
+
+    def __init__(self, cfg: RayLauncherConfig):
+        if cfg.backend not in BACKENDS:
+            raise ValueError(f"launcher.backend={cfg.backend!r}: allowed values are {', '.join(BACKENDS)}")
+        self.cfg = cfg
+
+    @staticmethod
+    def check_run_config(cfg: RayLauncherConfig, rc) -> None:
+        """Ray must be installed (checked at validation, before any work)."""
+        if importlib.util.find_spec("ray") is None:
+            raise PluginError("launcher=ray needs Ray, which is not installed: pip install -e '.[ray]'")
+
+    @hookimpl
+    def rz_place(self, ctx):
+        return RayPlacement(self.cfg, ctx)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def _rank_actor_class():
+    import ray
+
+    @ray.remote
+    class TrainerRank:
+        """Trainer rank 1 .. R-1: joins the process group and serves rank 0's commands."""
+
+        def where(self) -> str:
+            return f"pid {os.getpid()} on {ray.util.get_node_ip_address()}"
+
+        def run(self, cfg, run_dir: str, rank: int, world: int, init_method: str, backend: str, timeout_s: float) -> int:
+            from reasonzoo.distributed import follower_loop
+
+            dp = init_rank(backend, init_method, rank, world, timeout_s)
+            try:
+                return follower_loop(OmegaConf.create(cfg), Path(run_dir), dp)
+            finally:
+                torch.distributed.destroy_process_group()
+
+    return TrainerRank
+
+
+class RayPlacement:
+    """The Ray side of a run (see the module docstring). Started by ``rz_place``.
+
+    :raises PluginError: the cluster cannot hold the actors (names the keys and the resources).
+    """
+
+    def __init__(self, cfg: RayLauncherConfig, ctx):
+        import ray
+
+        self.cfg, self.ctx = cfg, ctx
+        self.engines = None
+        self.ranks: list = []
+        self.runs: list = []
+        self.dp: DataParallel | None = None
+        self.started_ray = False
+        cpus = cfg.engines * cfg.engine_cpus + (cfg.trainer_ranks - 1) * cfg.rank_cpus
+        gpus = cfg.engines * cfg.engine_gpus + (cfg.trainer_ranks - 1) * cfg.rank_gpus
+        address = cfg.address or os.environ.get("RAY_ADDRESS")
+        threads = str(ctx.cfg.threads)
+        env = {"env_vars": {"OMP_NUM_THREADS": threads}}
+        if not ray.is_initialized():
+            if address:
+                ray.init(address=address, runtime_env=env, log_to_driver=True)
+            else:
+                num_cpus = cfg.num_cpus or max(os.cpu_count() or 1, int(-(-cpus // 1)))
+                ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=env, log_to_driver=True)
+            self.started_ray = True
+        have = ray.cluster_resources()
+        if cpus > have.get("CPU", 0) or gpus > have.get("GPU", 0):
+            self.close()
+            raise PluginError(
+                f"launcher=ray: the actors need {cpus:g} CPUs and {gpus:g} GPUs (launcher.engines={cfg.engines} x "
+                f"engine_cpus={cfg.engine_cpus:g} / engine_gpus={cfg.engine_gpus:g}, launcher.trainer_ranks-1="
+                f"{cfg.trainer_ranks - 1} x rank_cpus={cfg.rank_cpus:g} / rank_gpus={cfg.rank_gpus:g}); the cluster has "
+                f"{have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs")
+        self.backend = cfg.backend if cfg.backend != "auto" else ("nccl" if cfg.rank_gpus > 0 and torch.cuda.is_available() else "gloo")
+
+    def engine(self, ctx, policy):
+        from reasonzoo.ray_engines import RayEngineGroup
+
+        if self.engines is not None:  # a second engine (a distilled policy's): the old actors go first
+            self.engines.close()
+        self.engines = RayEngineGroup(ctx, self.cfg.engines,
+                                      actor_options={"num_cpus": self.cfg.engine_cpus, "num_gpus": self.cfg.engine_gpus},
+                                      max_restarts=self.cfg.max_restarts, max_task_retries=self.cfg.max_task_retries)
+        return self.engines
+
+    def start_trainer(self, ctx):
+        import ray
+
+        world = self.cfg.trainer_ranks
+        if world == 1:
+            return None
+        init_method = f"tcp://{ray.util.get_node_ip_address()}:{_free_port()}"
+        cfg = OmegaConf.to_container(ctx.cfg, resolve=True)
+        actor = _rank_actor_class().options(num_cpus=self.cfg.rank_cpus, num_gpus=self.cfg.rank_gpus)
+        self.ranks = [actor.remote() for _ in range(1, world)]
+        self.runs = [a.run.remote(cfg, str(ctx.run_dir), r, world, init_method, self.backend, self.cfg.timeout_s)
+                     for r, a in enumerate(self.ranks, start=1)]
+        self.dp = init_rank(self.backend, init_method, 0, world, self.cfg.timeout_s)
+        return self.dp
+
+    def metrics(self) -> dict[str, float]:
+        counts = self.engines.fault_counts() if self.engines is not None and hasattr(self.engines, "fault_counts") else {}
+        return {k: float(v) for k, v in counts.items()}
+
+    def diagnose(self) -> str | None:
+        """The first trainer rank that has failed, its place and cause, or ``None``."""
+        import ray
+
+        if not self.runs:
+            return None
+        done, _ = ray.wait(self.runs, num_returns=len(self.runs), timeout=5)
+        for r, ref in enumerate(self.runs, start=1):
+            if ref in done:
+                try:
+                    ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - the cause is reported
+                    cause = str(exc).strip().splitlines()
+                    return f"trainer rank {r} died: {cause[-1] if cause else type(exc).__name__}"
+        return None
+
+    def close(self) -> None:
+        import ray
+
+        try:
+            if self.dp is not None and self.dp.stopped:  # told to stop: they leave on their own
+                try:
+                    ray.get(self.runs, timeout=60)
+                except Exception as exc:  # noqa: BLE001 - name it, release the rest
+                    log.warning("launcher=ray: trainer ranks did not stop cleanly: %s", str(exc).splitlines()[0])
+            for a in self.ranks:  # after a failure they may wait in a collective: killed
+                ray.kill(a)
+            if self.engines is not None:
+                self.engines.close()
+            if self.dp is not None and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+        finally:
+            self.ranks, self.runs, self.dp, self.engines = [], [], None, None
+            if self.started_ray and ray.is_initialized():
+                ray.shutdown()
+                self.started_ray = False
