@@ -109,17 +109,11 @@ class EngineActor:
         self.incarnation = uuid.uuid4().hex  # a restarted actor gets a new one: the group counts restarts with it
 
     def where(self) -> dict[str, Any]:
-        """This process: ``incarnation`` (new on every restart), ``pid``, ``node`` (Ray node id),
-        ``host``, ``logprobs_match_policy`` (the engine's declaration), ``plugins``
-        (``{"<hook point>/<name>": "<module>"}``: what the rebuilt manager holds)."""
-        node = None
-        try:
-            import ray
-
-            node = ray.get_runtime_context().get_node_id()
-        except Exception:  # outside Ray (the class used in process)
-            pass
-        return {"incarnation": self.incarnation, "pid": os.getpid(), "node": node, "host": socket.gethostname(),
+        """This process: ``index`` (in its group), ``incarnation`` (new on every restart), ``pid``,
+        ``node`` (Ray node id), ``host``, ``logprobs_match_policy`` (the engine's declaration),
+        ``plugins`` (``{"<hook point>/<name>": "<module>"}``: what the rebuilt manager holds)."""
+        return {"index": self.index, "incarnation": self.incarnation, "pid": os.getpid(),
+                "node": _ray().get_runtime_context().get_node_id(), "host": socket.gethostname(),
                 "logprobs_match_policy": bool(getattr(self.engine, "logprobs_match_policy", False)),
                 "plugins": {k: type(v).__module__ for k, v in self.plugins.items()}}
 
@@ -300,8 +294,8 @@ class RayEngineGroup:
         return self._version
 
     def where(self) -> list[dict[str, Any]]:
-        """Per actor, as it last answered: ``pid``, ``node``, ``host``, ``incarnation``,
-        ``logprobs_match_policy``, ``plugins`` (:meth:`EngineActor.where`)."""
+        """Per actor, as it last answered: :meth:`EngineActor.where` (``pid``, ``node``, ``host``,
+        ``incarnation``, ``logprobs_match_policy``, ``plugins``)."""
         return [dict(w) for w in self._where]
 
     def fault_counts(self) -> dict[str, int]:
@@ -385,7 +379,7 @@ class RayEngineGroup:
         old = self._where[i].get("incarnation")
         if old is not None and old != res["incarnation"]:
             self._restarts += 1
-        self._where[i] = {k: res[k] for k in ("incarnation", "pid", "node", "host", "logprobs_match_policy", "plugins")}
+        self._where[i] = {k: res[k] for k in ("index", "incarnation", "pid", "node", "host", "logprobs_match_policy", "plugins")}
 
     def _dead(self, i: int, what: str, resends: int, exc: BaseException) -> EngineActorError:
         w = self._where[i]
