@@ -72,7 +72,8 @@ def _ray():
 
 
 class EngineActorError(RuntimeError):
-    """An engine actor died and stayed dead through ``max_task_retries`` resends of its call."""
+    """An engine actor failed to start, or died and its call was resent ``max_task_retries`` times
+    already (or Ray will not restart it again)."""
 
 
 class EngineActor:
@@ -110,10 +111,11 @@ class EngineActor:
 
     def where(self) -> dict[str, Any]:
         """This process: ``index`` (in its group), ``incarnation`` (new on every restart), ``pid``,
-        ``node`` (Ray node id), ``host``, ``logprobs_match_policy`` (the engine's declaration),
+        ``node`` (Ray node id), ``ip`` (the node's), ``host``, ``logprobs_match_policy`` (the engine's declaration),
         ``plugins`` (``{"<hook point>/<name>": "<module>"}``: what the rebuilt manager holds)."""
         return {"index": self.index, "incarnation": self.incarnation, "pid": os.getpid(),
-                "node": _ray().get_runtime_context().get_node_id(), "host": socket.gethostname(),
+                "node": _ray().get_runtime_context().get_node_id(), "ip": _ray().util.get_node_ip_address(),
+                "host": socket.gethostname(),
                 "logprobs_match_policy": bool(getattr(self.engine, "logprobs_match_policy", False)),
                 "plugins": {k: type(v).__module__ for k, v in self.plugins.items()}}
 
@@ -196,43 +198,51 @@ class RayEngineGroup:
         ``scheduling_strategy``, ``runtime_env``, ...); default ``{"num_cpus": 1}``.
     :param max_restarts: Ray restarts of each actor, >= 0, or -1 for no limit.
     :param max_task_retries: resends of one call after its actor died, >= 0.
-    :param restart_timeout_s: longest wait, in seconds, for a dead actor to answer again before
-        its call is resent (> 0).
+    :param start_timeout_s: longest wait, in seconds, for an actor to start (a cluster without
+        the resources it asks for never starts it) or, once dead, to answer again before its call
+        is resent (> 0).
     :raises ValueError: an argument out of range (one line naming it).
     :raises ImportError: Ray is not installed (the line says what to install).
     :raises RuntimeError: Ray is not initialised.
     :raises EngineActorError: an actor failed to start (its index and the cause).
 
     :ivar actors: the actor handles, in chunk order.
+    :ivar actor_options: the Ray options each actor was made with (restart options aside).
     :ivar max_task_retries: as given (may be changed between calls).
     """
 
     def __init__(self, ctx, num_actors: int, actor_options: Mapping[str, Any] | None = None, max_restarts: int = 3,
-                 max_task_retries: int = 3, restart_timeout_s: float = 600.0):
+                 max_task_retries: int = 3, start_timeout_s: float = 600.0):
         if not isinstance(num_actors, int) or num_actors < 1:
             raise ValueError(f"RayEngineGroup: num_actors={num_actors!r}: must be an integer >= 1")
         if not isinstance(max_restarts, int) or max_restarts < -1:
             raise ValueError(f"RayEngineGroup: max_restarts={max_restarts!r}: must be an integer >= 0, or -1 (no limit)")
         if not isinstance(max_task_retries, int) or max_task_retries < 0:
             raise ValueError(f"RayEngineGroup: max_task_retries={max_task_retries!r}: must be an integer >= 0")
-        if not restart_timeout_s > 0:
-            raise ValueError(f"RayEngineGroup: restart_timeout_s={restart_timeout_s!r}: must be > 0")
+        if not start_timeout_s > 0:
+            raise ValueError(f"RayEngineGroup: start_timeout_s={start_timeout_s!r}: must be > 0")
         ray = _ray()
         if not ray.is_initialized():
             raise RuntimeError("RayEngineGroup: Ray is not initialised; call ray.init() first (launcher=ray does)")
         from omegaconf import OmegaConf
 
         self.ctx, self.max_task_retries, self.max_restarts = ctx, max_task_retries, max_restarts
-        self.restart_timeout_s = float(restart_timeout_s)
+        self.start_timeout_s = float(start_timeout_s)
         cfg = {k: v for k, v in OmegaConf.to_container(ctx.cfg, resolve=True).items() if k != "hydra"}
-        options = {"num_cpus": 1, **(actor_options or {}), "max_restarts": max_restarts, "max_task_retries": 0}
-        cls = remote_engine_actor().options(**options)
+        self.actor_options = {"num_cpus": 1, **(actor_options or {})}
+        cls = remote_engine_actor().options(**self.actor_options, max_restarts=max_restarts, max_task_retries=0)
         self.actors = [cls.remote(cfg, str(Path(ctx.run_dir) / f"engine_actor_{i}"), i) for i in range(num_actors)]
         self._where: list[dict[str, Any]] = [{} for _ in self.actors]
         self._restarts = self._retries = 0
         self._ref = None  # the latest weights in the object store, and their policy version
         self._version: int | None = None
-        self._run("start", {i: partial(a.where.remote) for i, a in enumerate(self.actors)})
+        try:
+            self._run("start", {i: partial(a.where.remote) for i, a in enumerate(self.actors)})
+        except BaseException:  # none left behind, started or waiting for resources
+            for a in self.actors:
+                ray.kill(a, no_restart=True)
+            self.actors = []
+            raise
 
     # --- the Engine protocol -------------------------------------------------------------------
 
@@ -333,8 +343,15 @@ class RayEngineGroup:
         pending = {calls[i](): i for i in calls}
         tries = dict.fromkeys(calls, 0)
         results: dict[int, dict[str, Any]] = {}
+        deadline = time.monotonic() + self.start_timeout_s
         while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
+            wait = max(deadline - time.monotonic(), 0.0) if what == "start" else None
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=wait)
+            if not done:
+                raise EngineActorError(
+                    f"engine actor(s) {sorted(pending.values())} not started within start_timeout_s="
+                    f"{self.start_timeout_s:g}: does the cluster have what each asks for ({self.actor_options})? "
+                    f"available: {ray.available_resources()}")
             i = pending.pop(done[0])
             try:
                 results[i] = ray.get(done[0])
@@ -356,21 +373,21 @@ class RayEngineGroup:
 
     def _await_restart(self, i: int) -> None:
         """Wait until actor ``i`` answers again (Ray restarts it; calls sent meanwhile fail with
-        ``ActorUnavailableError``), polling with a doubling pause up to ``restart_timeout_s``.
+        ``ActorUnavailableError``), polling with a doubling pause up to ``start_timeout_s``.
         :raises ActorDiedError: the actor will not come back (``max_restarts`` used up).
-        :raises EngineActorError: it did not answer within ``restart_timeout_s``."""
+        :raises EngineActorError: it did not answer within ``start_timeout_s``."""
         ray = _ray()
-        from ray.exceptions import ActorUnavailableError
+        from ray.exceptions import ActorUnavailableError, GetTimeoutError
 
-        deadline, pause = time.monotonic() + self.restart_timeout_s, 0.05
+        deadline, pause = time.monotonic() + self.start_timeout_s, 0.05
         while True:
             try:
-                self._record(i, ray.get(self.actors[i].where.remote()))
+                self._record(i, ray.get(self.actors[i].where.remote(), timeout=max(deadline - time.monotonic(), 0.01)))
                 return
-            except ActorUnavailableError as exc:
-                if time.monotonic() > deadline:
-                    raise EngineActorError(f"engine actor {i} did not come back within restart_timeout_s="
-                                           f"{self.restart_timeout_s:g} after dying: {_cause(exc)}") from exc
+            except (ActorUnavailableError, GetTimeoutError) as exc:
+                if time.monotonic() >= deadline:
+                    raise EngineActorError(f"engine actor {i} did not come back within start_timeout_s="
+                                           f"{self.start_timeout_s:g} after dying: {_cause(exc)}") from exc
                 time.sleep(pause)
                 pause = min(2 * pause, 2.0)
 
@@ -379,12 +396,12 @@ class RayEngineGroup:
         old = self._where[i].get("incarnation")
         if old is not None and old != res["incarnation"]:
             self._restarts += 1
-        self._where[i] = {k: res[k] for k in ("index", "incarnation", "pid", "node", "host", "logprobs_match_policy", "plugins")}
+        self._where[i] = {k: v for k, v in res.items() if k not in ("generations", "rng_state")}
 
     def _dead(self, i: int, what: str, resends: int, exc: BaseException) -> EngineActorError:
         w = self._where[i]
         return EngineActorError(
-            f"engine actor {i} (node {w.get('node')}, pid {w.get('pid')}) died during {what} and stayed dead through "
+            f"engine actor {i} (pid {w.get('pid')} on {w.get('ip')}, node {w.get('node')}) died during {what} after "
             f"{resends} resend(s) (max_task_retries={self.max_task_retries}, max_restarts={self.max_restarts}): "
             f"{_cause(exc)}")
 

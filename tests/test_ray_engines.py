@@ -26,7 +26,7 @@ from reasonzoo.types import GenerationRequest, SamplingParams  # noqa: E402
 pytestmark = pytest.mark.ray
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "reasonzoo-hardfirst"
-ACTOR = {"num_cpus": 0.5}  # 4 actors alive at once on the 2-CPU cluster
+ACTOR = {"num_cpus": 0.25}  # up to 5 actors alive at once on the 2-CPU cluster
 PROMPTS = ["Compute 3+4.", "What is 12*3?", "Sort 5 2 9.", "Name a prime.", "x", "Add 1 and 1, twice."]
 
 #: A third-party engine plugin (installed through an entry point) that wraps engine/torch and
@@ -186,6 +186,13 @@ def test_bad_arguments_named(cluster, tiny, policy, tmp_path):
         RayEngineGroup(ctx, 1, max_task_retries=-1)
 
 
+def test_unschedulable_actor_named(cluster, tiny, policy, tmp_path):
+    ctx = RunContext(cfg=compose(tiny), hook=None, run_dir=tmp_path, policy=policy)
+    with pytest.raises(EngineActorError, match=r"engine actor\(s\) \[0\] not started within start_timeout_s=0.5: "
+                                               r"does the cluster have what each asks for \({'num_cpus': 64}\)"):
+        RayEngineGroup(ctx, 1, actor_options={"num_cpus": 64}, start_timeout_s=0.5)
+
+
 def test_one_actor_equals_local_engine(one, policy):
     ctx, group = one
     reqs = _requests(policy)
@@ -303,7 +310,7 @@ def test_retries_exhausted_names_actor(third, policy):
     finally:
         group.max_task_retries = 3
     msg = str(err.value)
-    assert f"engine actor 0 (node {w['node']}, pid {w['pid']}) died during generate" in msg
+    assert f"engine actor 0 (pid {w['pid']} on {w['ip']}, node {w['node']}) died during generate after 0 resend(s)" in msg
     assert "max_task_retries=0" in msg and "Actor" in msg and "\n" not in msg
     # Ray restarted it all the same: the next call succeeds on the new process
     assert len(group.generate(_requests(policy)[:2], PARAMS, torch.Generator().manual_seed(0))) == 2
@@ -318,6 +325,14 @@ def test_close_kills_actors(one):
     with pytest.raises(RuntimeError, match="used after close"):
         group.generate(_requests(ctx.policy)[:1], PARAMS, torch.Generator())
     group.close()  # idempotent
+
+
+def test_plugin_missing_in_actor_named(cluster, tiny, policy, tmp_path):
+    """engine=crash_once is installed in the driver (the site fixture), not where this actor runs."""
+    cfg = compose(tiny + ["engine.name=crash_once", "+engine.crash_file=x"])
+    with pytest.raises(EngineActorError, match=r"^engine actor 0 failed to start: .*PluginError: engine=crash_once: "
+                                               r"unknown plugin; available engine plugins: .*torch"):
+        _group(cfg, tmp_path, policy, 1)
 
 
 def test_module_imports_without_ray():
