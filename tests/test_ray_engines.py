@@ -219,6 +219,11 @@ def test_two_actors_order_and_seeds(two, policy):
     want = (_local(policy, reqs[:3], PARAMS, torch.Generator().manual_seed(seeds[0]))
             + _local(policy, reqs[3:], PARAMS, torch.Generator().manual_seed(seeds[1])))
     assert _strip(a) == _strip(want)
+    # fewer requests than actors: actor 1 idles, the seeds are drawn all the same
+    alone = _local(policy, reqs[:1], PARAMS, torch.Generator().manual_seed(seeds[0]))
+    assert _strip(group.generate(reqs[:1], PARAMS, torch.Generator().manual_seed(3))) == _strip(alone)
+    g = torch.Generator().manual_seed(3)
+    assert group.generate([], PARAMS, g) == [] and torch.equal(g.get_state(), torch.Generator().manual_seed(3).get_state())
     # request order: greedy rows do not depend on the stream, so row j is request j's greedy answer
     greedy = SamplingParams(temperature=0.0, max_new_tokens=8)
     got = group.generate(reqs[::-1], greedy, torch.Generator().manual_seed(0))
