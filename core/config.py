@@ -98,6 +98,7 @@ class RunConfig:
     prompts_per_iteration: int = ranged(16, ge=1)  #: problems sampled per iteration (at most the task's training problems)
     samples_per_prompt: int = ranged(8, ge=1)  #: k, responses per problem (a group-baseline loss needs >= 2)
     threads: int = ranged(1, ge=1)  #: torch intra-op threads (1 is fastest on a shared 2-core box)
+    max_staleness: int = ranged(0, ge=0, le=1)  #: 0: synchronous; 1: iteration i+1's rollouts are generated while iteration i trains (one policy version old)
     resume: Optional[str] = None  #: a run directory to continue from its latest checkpoint
     overwrite: bool = False  #: allow a fresh run into a directory that holds a finished or resumable run (replaces it)
     cache_dir: str = "~/.cache/reasonzoo"  #: where warm-up checkpoints are cached
@@ -142,6 +143,10 @@ def _check_combinations(rc: RunConfig, selected: dict) -> None:
             raise PluginError(
                 f"samples_per_prompt={rc.samples_per_prompt}: {group}/{info.name} needs at least {need} samples per "
                 f"prompt (min_samples_per_prompt; a group baseline over fewer leaves every advantage 0)")
+    if rc.max_staleness > 0 and not any(getattr(info.cls, "separate_weights", False) for info, _ in selected.values()):
+        names = ", ".join(f"{g}={selected[g][0].name}" for g in ("engine", "launcher") if g in selected)
+        raise PluginError(f"max_staleness={rc.max_staleness}: asynchronous rollouts need an engine with its own copy of the "
+                          f"weights (launcher=ray, or engine=vllm); {names} generates from the weights being trained")
     if "reward" in selected and "task" in selected:
         (rinfo, _), (tinfo, _) = selected["reward"], selected["task"]
         required = tuple(getattr(rinfo.cls, "problem_fields_required", ()))

@@ -23,6 +23,7 @@ import os
 import sys
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -138,6 +139,40 @@ def rollout_metrics(groups: Sequence[RolloutGroup]) -> dict[str, float]:
     for d, v in by_d.items():
         m[f"response/mean_length/d{d}"] = sum(v) / len(v)
     return m
+
+
+def _produce(ctx: RunContext, train_problems: Sequence[Problem], rc: RunConfig, sampling, problems=None):
+    """One iteration's scored groups: sample problems (unless given), generate, reward, length
+    penalty. Returns ``(groups, rollout seconds, reward seconds)``. Asynchronous runs call it on a
+    worker thread for the next iteration (``ctx`` then a copy at that iteration, its problems
+    sampled on the loop's thread), while the loop trains."""
+    hook = ctx.hook
+    if problems is None:
+        problems = hook.rz_sample_problems(ctx=ctx, problems=train_problems, n=rc.prompts_per_iteration)
+    t0 = time.perf_counter()
+    groups = hook.rz_rollout(ctx=ctx, problems=problems, engine=ctx.engine, samples_per_problem=rc.samples_per_prompt,
+                             sampling=sampling)
+    t_roll = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if groups:
+        rewards = hook.rz_reward(ctx=ctx, groups=groups)
+        groups = [replace(g, rewards=tuple(r)) for g, r in zip(groups, rewards)]
+        lens = hook.rz_length_penalty(ctx=ctx, groups=groups)
+        groups = [replace(g, length_rewards=tuple(x)) for g, x in zip(groups, lens)]
+    return groups, t_roll, time.perf_counter() - t0
+
+
+def staleness_metrics(batch: TrainBatch, version: int) -> dict[str, float]:
+    """How old the trained tokens are: ``version`` (the policy being updated) minus the version that
+    generated each token in the loss (``TrainBatch.token_versions`` where ``response_mask > 0``).
+    ``rollout/staleness_mean`` and ``_max`` in policy versions, and ``rollout/staleness_tokens/<s>``:
+    the number of trained tokens of each staleness ``s`` (0: the current policy's)."""
+    age = (version - batch.token_versions)[batch.response_mask > 0]
+    if age.numel() == 0:
+        return {}
+    counts = torch.bincount(age.clamp(min=0))
+    return {"rollout/staleness_mean": float(age.float().mean()), "rollout/staleness_max": float(age.max()),
+            **{f"rollout/staleness_tokens/{s}": float(c) for s, c in enumerate(counts.tolist()) if c}}
 
 
 def _microbatches(index: torch.Tensor, lengths: torch.Tensor, k: int) -> list[torch.Tensor]:
@@ -386,6 +421,7 @@ def _train_placed(cfg, rc, run_dir, old_log_bytes, ctx, placement, train_problem
     summary: dict[str, Any] = {"run_dir": str(run_dir)}
     start = 1
     spent = {"tokens": 0, "seconds": 0.0}  # cumulative cost of RL so far (budget, tokens/generated, time/elapsed)
+    pending_state = None  # an asynchronous run's next batch, generated before the checkpoint
     if ckpt is not None:
         state = load_state(ckpt)
         load_into(policy.model, ckpt / "model")
@@ -394,6 +430,7 @@ def _train_placed(cfg, rc, run_dir, old_log_bytes, ctx, placement, train_problem
         torch.set_rng_state(state["torch_rng"])
         start = state["iteration"] + 1
         spent = dict(state.get("spent", spent))
+        pending_state = state.get("pending")
         history = _truncate_metrics(metrics_path, state["iteration"])
         summary["initial_eval"] = next((r for r in history if r["iteration"] == 0), None)
         log.info("resuming %s from %s (iteration %d)", run_dir, ckpt.name, start)
@@ -436,62 +473,77 @@ def _train_placed(cfg, rc, run_dir, old_log_bytes, ctx, placement, train_problem
             bar = tqdm(range(start, rc.iterations + 1), desc="RL", disable=not progress_bars(rc.progress), initial=start - 1, total=rc.iterations)
             record = {}
             stopped_by = _over_budget(rc, spent) if start <= rc.iterations else None
-            for it in ([] if stopped_by else bar):
-                ctx.iteration = it
-                t_it = time.perf_counter()
-                hook.rz_iteration_start(ctx=ctx)
-                problems = hook.rz_sample_problems(ctx=ctx, problems=train_problems, n=rc.prompts_per_iteration)
-                t0 = time.perf_counter()
-                groups = hook.rz_rollout(ctx=ctx, problems=problems, engine=engine,
-                                         samples_per_problem=rc.samples_per_prompt, sampling=sampling)
-                t_roll = time.perf_counter() - t0
-                t_rew = t_upd = 0.0
-                record = {"iteration": it, "response/groups": len(groups)}
-                if groups:  # a partial-rollout scheduler may finish no group this iteration: no update then
+            ahead = rc.max_staleness > 0  # generate iteration i+1 while iteration i trains (one version stale)
+            pool = ThreadPoolExecutor(1, thread_name_prefix="reasonzoo-rollout") if ahead else None
+            pending = (pending_state, None) if pending_state is not None else None  # (produced, future)
+            try:
+                for it in ([] if stopped_by else bar):
+                    ctx.iteration = it
+                    t_it = time.perf_counter()
+                    hook.rz_iteration_start(ctx=ctx)
                     t0 = time.perf_counter()
-                    rewards = hook.rz_reward(ctx=ctx, groups=groups)
-                    groups = [replace(g, rewards=tuple(r)) for g, r in zip(groups, rewards)]
-                    lens = hook.rz_length_penalty(ctx=ctx, groups=groups)
-                    groups = [replace(g, length_rewards=tuple(x)) for g, x in zip(groups, lens)]
-                    t_rew = time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    batch = collate(groups, policy.pad_token_id)
-                    if leader is not None:  # the other ranks replay the iteration's update-side hooks and join the update
-                        leader.iteration(ctx, batch, groups)
-                    record.update({**rollout_metrics(groups), **update(ctx, batch, rc)})
-                    ctx.policy_version += 1
-                    engine.sync_weights()
-                    t_upd = time.perf_counter() - t0
-                elif leader is not None:
-                    leader.iteration(ctx, None, groups)
-                record.update(_merge(hook.rz_iteration_end(ctx=ctx, groups=groups), "rz_iteration_end"))
-                record.update(placement.metrics())
-                record.update({"time/rollout": t_roll, "time/reward": t_rew, "time/update": t_upd,
-                               "response/tokens_per_s": record.get("response/tokens", 0) / max(t_roll, 1e-9)})
-                if "rollout/tokens" in record:  # tokens generated this iteration (partial rollouts), per second
-                    record["response/generated_tokens_per_s"] = record["rollout/tokens"] / max(t_roll, 1e-9)
-                if it == rc.iterations or (rc.eval.every > 0 and it % rc.eval.every == 0):
-                    record.update(_timed_evaluate(ctx, eval_problems, rc))
-                record["time/iteration"] = time.perf_counter() - t_it
-                record["policy_version"] = ctx.policy_version
-                tokens, seconds = iteration_cost(record)
-                spent["tokens"] += tokens
-                spent["seconds"] += seconds
-                record["tokens/generated"], record["time/elapsed"] = spent["tokens"], spent["seconds"]
-                stopped_by = _over_budget(rc, spent)
-                if stopped_by and "eval/accuracy" not in record and it < rc.iterations:  # the last iteration: evaluate now
-                    record.update(_timed_evaluate(ctx, eval_problems, rc))
-                _write_metrics(metrics_path, record)
-                log.info(iteration_line(record, rc.iterations))
-                hook.rz_log_metrics(ctx=ctx, metrics=record, step=it)
-                if it == rc.iterations or stopped_by or it % rc.checkpoint.every == 0:
-                    save_checkpoint(run_dir, it, policy, _state(ctx, it, spent), keep=rc.checkpoint.keep)
-                bar.set_postfix({k.split("/")[-1]: f"{record[k]:.3g}" for k in
-                                 ("reward/accuracy", "response/mean_length", "eval/accuracy") if k in record})
-                if stopped_by:
-                    log.info("budget reached after iteration %d: %s (budget.%s=%s)", it, _spent_text(spent), stopped_by,
-                             rc.budget.generated_tokens if stopped_by == "generated_tokens" else rc.budget.wall_seconds)
-                    break
+                    if pending is None:  # synchronous, or the first iteration of an asynchronous run
+                        groups, t_roll, t_rew = _produce(ctx, train_problems, rc, sampling)
+                    else:
+                        groups, t_roll, t_rew = pending[0] if pending[1] is None else pending[1].result()
+                        pending = None
+                    t_wait = time.perf_counter() - t0
+                    if ahead and it < rc.iterations:  # the next iteration's rollouts, from the weights this update starts at
+                        nxt = replace(ctx, iteration=it + 1)
+                        nxt_problems = hook.rz_sample_problems(ctx=nxt, problems=train_problems, n=rc.prompts_per_iteration)
+                        pending = (None, pool.submit(_produce, nxt, train_problems, rc, sampling, nxt_problems))
+                    t_upd = 0.0
+                    record = {"iteration": it, "response/groups": len(groups)}
+                    if groups:  # a partial-rollout scheduler may finish no group this iteration: no update then
+                        t0 = time.perf_counter()
+                        batch = collate(groups, policy.pad_token_id)
+                        if leader is not None:  # the other ranks replay the iteration's update-side hooks and join the update
+                            leader.iteration(ctx, batch, groups)
+                        record.update({**rollout_metrics(groups), **staleness_metrics(batch, ctx.policy_version),
+                                       **update(ctx, batch, rc)})
+                        ctx.policy_version += 1
+                        t_upd = time.perf_counter() - t0
+                    elif leader is not None:
+                        leader.iteration(ctx, None, groups)
+                    if pending is not None:  # the engine keeps the weights the next rollouts started from until they end
+                        t0 = time.perf_counter()
+                        pending = (pending[1].result(), None)
+                        record["time/rollout_wait"] = t_wait + time.perf_counter() - t0
+                    if groups:
+                        t0 = time.perf_counter()
+                        engine.sync_weights()
+                        t_upd += time.perf_counter() - t0
+                    record.update(_merge(hook.rz_iteration_end(ctx=ctx, groups=groups), "rz_iteration_end"))
+                    record.update(placement.metrics())
+                    record.update({"time/rollout": t_roll, "time/reward": t_rew, "time/update": t_upd,
+                                   "response/tokens_per_s": record.get("response/tokens", 0) / max(t_roll, 1e-9)})
+                    if "rollout/tokens" in record:  # tokens generated this iteration (partial rollouts), per second
+                        record["response/generated_tokens_per_s"] = record["rollout/tokens"] / max(t_roll, 1e-9)
+                    if it == rc.iterations or (rc.eval.every > 0 and it % rc.eval.every == 0):
+                        record.update(_timed_evaluate(ctx, eval_problems, rc))
+                    record["time/iteration"] = time.perf_counter() - t_it
+                    record["policy_version"] = ctx.policy_version
+                    tokens, seconds = iteration_cost(record)
+                    spent["tokens"] += tokens
+                    spent["seconds"] += seconds
+                    record["tokens/generated"], record["time/elapsed"] = spent["tokens"], spent["seconds"]
+                    stopped_by = _over_budget(rc, spent)
+                    if stopped_by and "eval/accuracy" not in record and it < rc.iterations:  # the last iteration: evaluate now
+                        record.update(_timed_evaluate(ctx, eval_problems, rc))
+                    _write_metrics(metrics_path, record)
+                    log.info(iteration_line(record, rc.iterations))
+                    hook.rz_log_metrics(ctx=ctx, metrics=record, step=it)
+                    if it == rc.iterations or stopped_by or it % rc.checkpoint.every == 0:
+                        save_checkpoint(run_dir, it, policy, _state(ctx, it, spent, pending), keep=rc.checkpoint.keep)
+                    bar.set_postfix({k.split("/")[-1]: f"{record[k]:.3g}" for k in
+                                     ("reward/accuracy", "response/mean_length", "eval/accuracy") if k in record})
+                    if stopped_by:
+                        log.info("budget reached after iteration %d: %s (budget.%s=%s)", it, _spent_text(spent), stopped_by,
+                                 rc.budget.generated_tokens if stopped_by == "generated_tokens" else rc.budget.wall_seconds)
+                        break
+            finally:
+                if pool is not None:  # after an error or a budget stop: an unfinished next batch is abandoned
+                    pool.shutdown(wait=False, cancel_futures=True)
             if leader is not None:
                 leader.stop(ctx)
             summary["stopped_by"] = stopped_by or "iterations"
@@ -535,9 +587,12 @@ def _spent_text(spent: dict) -> str:
     return f"{spent['tokens']} tokens generated, {spent['seconds']:.1f} s of RL"
 
 
-def _state(ctx: RunContext, iteration: int, spent: dict) -> dict[str, Any]:
+def _state(ctx: RunContext, iteration: int, spent: dict, pending=None) -> dict[str, Any]:
+    """A checkpoint's trainer state. ``pending``: an asynchronous run's next batch, already
+    generated (``(produced, None)``): kept, so a resumed run trains the same batch."""
     return {
         "iteration": iteration,
+        "pending": pending[0] if pending is not None else None,
         "policy_version": ctx.policy_version,
         "spent": dict(spent),
         "optimizer": ctx.optimizer.state_dict(),

@@ -388,6 +388,8 @@ class VllmEngine:
 class VllmEnginePlugin:
     """vLLM's offline engine; the trainer's weights are pushed into it in place after every update."""
 
+    separate_weights = True  #: generates from its own copy of the weights (asynchronous rollouts may overlap the update)
+
     def __init__(self, cfg: VllmEngineConfig):
         check_config(cfg)  # without vLLM installed the run fails at rz_build_engine, naming the extra
         self.cfg = cfg

@@ -58,6 +58,8 @@ class RayLauncherConfig:
 class RayLauncher:
     """Engines in Ray actors, a data-parallel trainer over ``torch.distributed``."""
 
+    separate_weights = True  #: the engine actors hold their own copies of the weights (max_staleness=1 may overlap)
+
     def __init__(self, cfg: RayLauncherConfig):
         if cfg.backend not in BACKENDS:
             raise ValueError(f"launcher.backend={cfg.backend!r}: allowed values are {', '.join(BACKENDS)}")

@@ -59,7 +59,7 @@ class Dynamic:
 
     def __init__(self, cfg: DynamicConfig):
         self.cfg = cfg
-        self.metrics: dict[str, float] = {}
+        self.metrics: dict[int, dict[str, float]] = {}  # per iteration of the rollout call (asynchronous runs produce ahead)
 
     def _generate(self, ctx, problems, engine, k, sampling, stream) -> list[RolloutGroup]:
         prompts = [ctx.policy.encode_prompt(p.prompt) for p in problems]
@@ -95,7 +95,7 @@ class Dynamic:
             tokens += sum(r.length for g in groups for r in g.rollouts)
             rounds += 1
         found, kept = len(kept), kept[:target]
-        self.metrics = {"rollout/dynamic_rounds": float(rounds), "rollout/dynamic_generated": float(generated),
+        self.metrics[ctx.iteration] = {"rollout/dynamic_rounds": float(rounds), "rollout/dynamic_generated": float(generated),
                         "rollout/dynamic_kept": float(len(kept)), "rollout/tokens": float(tokens),
                         "rollout/dynamic_uniform_frac": 1 - found / generated if generated else 0.0,
                         "rollout/dynamic_short": float(0 < self.cfg.groups and len(kept) < target)}
@@ -103,4 +103,14 @@ class Dynamic:
 
     @hookimpl
     def rz_iteration_end(self, ctx, groups):
-        return dict(self.metrics)
+        out = self.metrics.pop(ctx.iteration, {})
+        self.metrics = {i: m for i, m in self.metrics.items() if i > ctx.iteration}
+        return out
+
+    @hookimpl
+    def rz_checkpoint_state(self, ctx):
+        return {"rollout/dynamic/metrics": dict(self.metrics)}  # of rollouts produced ahead of their iteration
+
+    @hookimpl
+    def rz_load_state(self, ctx, state):
+        self.metrics = dict(state.get("rollout/dynamic/metrics", {}))

@@ -73,7 +73,7 @@ class Partial:
             raise ValueError(f"rollout.tokens_per_iteration={cfg.tokens_per_iteration}: must be >= 0 (0 = automatic)")
         self.cfg = cfg
         self.buffer: list[dict] = []  # groups in flight, oldest first: problem, prompt_ids, responses
-        self.metrics: dict[str, float] = {}
+        self.metrics: dict[int, dict[str, float]] = {}  # per iteration of the rollout call (asynchronous runs produce ahead)
 
     @hookimpl
     def rz_rollout(self, ctx, problems, engine, samples_per_problem, sampling):
@@ -112,7 +112,7 @@ class Partial:
         done = [g for g in self.buffer if all(r.reason is not FinishReason.PENDING for r in g["responses"])]
         self.buffer = [g for g in self.buffer if any(r.reason is FinishReason.PENDING for r in g["responses"])]
         groups = [self._group(ctx, g, sampling) for g in done]
-        self.metrics = self._metrics(ctx, work, gens, groups, skipped)
+        self.metrics[ctx.iteration] = self._metrics(ctx, work, gens, groups, skipped)
         return groups
 
     def _generate(self, ctx, engine, reqs, sampling) -> list:
@@ -169,18 +169,22 @@ class Partial:
 
     @hookimpl
     def rz_iteration_end(self, ctx, groups):
-        return dict(self.metrics)
+        out = self.metrics.pop(ctx.iteration, {})
+        self.metrics = {i: m for i, m in self.metrics.items() if i > ctx.iteration}
+        return out
 
     @hookimpl
     def rz_checkpoint_state(self, ctx):
         return {KEY: [{"problem": g["problem"], "prompt_ids": g["prompt_ids"],
                        "responses": [(list(r.tokens), list(r.logprobs), list(r.segments), r.reason.value) for r in g["responses"]]}
-                      for g in self.buffer]}
+                      for g in self.buffer],
+                f"{KEY}/metrics": dict(self.metrics)}  # of rollouts produced ahead of their iteration (asynchronous runs)
 
     @hookimpl
     def rz_load_state(self, ctx, state):
         if KEY not in state:
             raise KeyError(f"checkpoint holds no {KEY} state (was the run started with another rollout scheduler?)")
+        self.metrics = dict(state.get(f"{KEY}/metrics", {}))
         self.buffer = [{"problem": g["problem"], "prompt_ids": tuple(g["prompt_ids"]),
                         "responses": [_Response(list(t), list(lp), list(s), FinishReason(why)) for t, lp, s, why in g["responses"]]}
                        for g in state[KEY]]
