@@ -14,6 +14,9 @@ Each piece exists once and is composed by the plugins:
   divergence": k1, k2, k3);
 - :func:`behaviour_is_current`: whether the engine's behaviour log-probs of a batch are π_θi's
   (so π_old / k1.5's reference can be read from the batch instead of a separate forward);
+- samples from an older policy (``STALE``: ``ignore``, ``exclude``, ``truncated_is``):
+  :func:`stale_choice` resolves a loss's ``stale`` option, :func:`stale_tokens` finds the tokens,
+  :func:`truncated_is_weights` is the truncated importance weight min(π_θi/μ, C);
 - :class:`PolicyGradientLoss`, the hook implementations common to all of them: advantages and
   π_old computed once per iteration in ``rz_prepare_update``, the frozen reference captured after
   the warm-up and checkpointed, the loss assembled per minibatch. A new estimator or surrogate
@@ -42,6 +45,10 @@ SCALES = ("group", "batch", "none")
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 #: KL estimators: see :func:`kl_estimate`.
 KL_ESTIMATORS = ("k1", "k2", "k3")
+#: How a loss treats tokens sampled by an older policy version than the one being updated
+#: (``loss.stale``): ``ignore`` = as if π_θi had sampled them, ``exclude`` = out of the loss,
+#: ``truncated_is`` = their loss terms weighted by min(π_θi/μ, C). See :func:`truncated_is_weights`.
+STALE = ("ignore", "exclude", "truncated_is")
 
 
 def _group_sums(values: torch.Tensor, group_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,8 +222,89 @@ class SequencePGConfig:
     norm_length: int = ranged(0, ge=0)  #: seq-mean-token-sum-norm's constant; 0 = generation.max_new_tokens
     kl_coef: float = ranged(0.0, ge=0)  #: weight of the KL to the frozen post-warm-up policy; 0 = no reference
     kl_estimator: str = "k3"  #: k1, k2 or k3 (Schulman 2020)
-    exclude_stale_segments: bool = False  #: leave tokens from older policy versions (partial rollouts) out of the loss
+    stale: str = "truncated_is"  #: tokens from older policy versions: ignore, exclude or truncated_is (weight min(π_θi/μ, C))
+    stale_is_cap: float = ranged(2.0, gt=0)  #: C of truncated_is (verl's truncated IS: 2.0)
+    exclude_stale_segments: bool = False  #: old name of stale: exclude (true = exclude)
     reuse_behaviour_logprobs: bool = True  #: π_old from the engine's log-probs where exact (behaviour_is_current); false = always a forward
+
+
+def stale_choice(cfg: Any, default: str) -> tuple[str, float]:
+    """Resolve a loss config's ``stale`` and ``stale_is_cap`` (with the old key
+    ``exclude_stale_segments: true`` read as ``stale: exclude``).
+
+    :param cfg: the loss's config dataclass (fields ``stale``, ``stale_is_cap``,
+        ``exclude_stale_segments``; a missing one takes ``default``, 2.0, False).
+    :param default: the loss's default ``stale``: ``exclude_stale_segments: true`` replaces it;
+        with any other explicit value the two keys conflict.
+    :returns: ``(stale, cap)``.
+    :raises ValueError: an unknown ``stale``, ``stale_is_cap <= 0``, or
+        ``exclude_stale_segments: true`` beside ``stale`` set to neither ``exclude`` nor the default.
+    """
+    stale = getattr(cfg, "stale", default)
+    cap = getattr(cfg, "stale_is_cap", 2.0)
+    if stale not in STALE:
+        raise ValueError(f"loss.stale={stale!r}: allowed values are {', '.join(STALE)}")
+    if not cap > 0:
+        raise ValueError(f"loss.stale_is_cap={cap}: out of range; allowed: > 0")
+    if getattr(cfg, "exclude_stale_segments", False):
+        if stale not in ("exclude", default):
+            raise ValueError(f"loss.exclude_stale_segments=true (the old name of loss.stale=exclude) conflicts with "
+                             f"loss.stale={stale}: set only loss.stale")
+        stale = "exclude"
+    return stale, float(cap)
+
+
+def stale_tokens(ctx, batch: TrainBatch, mask: torch.Tensor) -> torch.Tensor:
+    """``(N, T-1)`` bool: the tokens in ``mask`` ``(N, T-1)`` sampled by an older policy version than
+    ``ctx.policy_version`` (``TrainBatch.token_versions`` < it: segments of partial rollouts started
+    by an earlier policy, rollouts generated ahead in an asynchronous run)."""
+    return (mask > 0) & (batch.token_versions < ctx.policy_version)
+
+
+def truncated_is_weights(prox_logp: torch.Tensor, behaviour_logp: torch.Tensor, stale: torch.Tensor, cap: float
+                         ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Truncated importance weights of stale tokens: w = min(π_θi(a_t) / μ(a_t), C) where ``stale``,
+    1 elsewhere; no gradient flows through w.
+
+    The weight moves a token sampled by an older behaviour policy μ onto the policy the update's
+    expectation is over, π_θi (the iterate the update starts from): AReaL's decoupled PPO
+    objective (Fu et al. 2025, arXiv 2505.24298, §5.2, eq. 5), whose behaviour-to-proximal ratio
+    π_prox/π_behav is this w with π_prox = π_θi, here truncated at C as IMPALA's ρ̄ (Espeholt et
+    al. 2018, arXiv 1802.01561, eq. 1: ρ_t = min(ρ̄, π/μ)) and as verl's truncated rollout IS
+    (``rollout_is_threshold: 2.0``, token level, truncate mode). μ is what the engine recorded,
+    the log-prob of the *sampling* distribution: at ``generation.temperature != 1`` or
+    ``top_p != 1`` that is the scaled / truncated distribution while π_θi is the trainer's
+    unscaled forward, so the ratio would mix staleness with the temperature; the losses refuse
+    ``truncated_is`` there (:func:`check_truncated_is_sampling`).
+
+    :param prox_logp: ``(N, T-1)`` log π_θi of each target (detached: the prepare forward at the
+        iteration's start weights, or the loss's own forward in a single-step update).
+    :param behaviour_logp: ``(N, T-1)`` log μ, ``TrainBatch.behaviour_logprobs``.
+    :param stale: ``(N, T-1)`` bool, the tokens to weight (:func:`stale_tokens`).
+    :param cap: C > 0.
+    :returns: ``(w (N, T-1), stats)``; ``stats``: ``stale_is_weight_mean`` (mean w over stale
+        tokens; 1.0 when none) and ``stale_is_clipped_frac`` (share of stale tokens with
+        π_θi/μ > C; 0.0 when none).
+    """
+    ratio = torch.exp(prox_logp.detach().float() - behaviour_logp.float())  # (N, T-1)
+    w = torch.where(stale, ratio.clamp(max=cap), torch.ones_like(ratio))
+    n = int(stale.sum())
+    stats = {"stale_is_weight_mean": float(w[stale].mean()) if n else 1.0,
+             "stale_is_clipped_frac": float((ratio[stale] > cap).sum()) / n if n else 0.0}
+    return w, stats
+
+
+def check_truncated_is_sampling(ctx) -> None:
+    """Refuse ``stale: truncated_is`` when the behaviour log-probs are not of π itself.
+
+    :raises ValueError: ``generation.temperature != 1`` or ``generation.top_p != 1`` (one line
+        naming both keys and the alternatives).
+    """
+    gen = ctx.cfg.generation
+    if float(gen.temperature) != 1.0 or float(gen.top_p) != 1.0:
+        raise ValueError(f"loss.stale=truncated_is needs generation.temperature=1 and generation.top_p=1 (got "
+                         f"{gen.temperature}, {gen.top_p}): the engine's behaviour log-probs are of the scaled "
+                         f"distribution, not of π; set loss.stale=ignore or loss.stale=exclude")
 
 
 def has_dropout(model) -> bool:
@@ -277,27 +365,50 @@ class PolicyGradientLoss:
     :func:`behaviour_is_current`, the batch's behaviour log-probs, which then are π_old's; else
     the trainer's no-grad forward, exact at any sampling temperature and for stale segments)
     and, with ``kl_coef > 0``, ``pg/ref_logprob`` ``(N, T-1)`` under the frozen reference. Per minibatch (``rz_loss``): :meth:`token_loss` + kl_coef·KL per token, reduced by
-    :func:`aggregate` over the response tokens of kept rows (and, with
-    ``exclude_stale_segments``, of the current policy version only).
+    :func:`aggregate` over the response tokens of kept rows.
+
+    Samples from an older policy (tokens whose ``TrainBatch.token_versions`` < ``ctx.policy_version``:
+    partial-rollout segments begun by an earlier policy, rollouts generated one iteration ahead),
+    option ``stale``:
+
+    - ``ignore``: they enter the loss as if π_θi had sampled them (the surrogate's ratio is
+      π_θ/π_θi, the behaviour policy μ plays no part);
+    - ``exclude``: they leave the loss (mask, KL term and, for ``loss/ppo``, the value loss);
+    - ``truncated_is``: each one's :meth:`token_loss` term is multiplied by
+      w = min(π_θi/μ, ``stale_is_cap``) (:func:`truncated_is_weights`, no gradient through w);
+      π_θi is the forward at the iteration's start weights (``pg/old_logprob``, or the loss's own
+      detached forward in a single-step update), never the behaviour log-probs (which are μ's
+      for these tokens); μ = ``TrainBatch.behaviour_logprobs``. So the surrogate is AReaL's
+      decoupled objective, E_μ[w · min(ρA, clip(ρ)A)] with ρ = π_θ/π_θi, truncated. The KL term
+      is not weighted (as in verl, whose rollout IS weights only the policy loss). Refused at
+      ``generation.temperature != 1`` or ``top_p != 1`` once a batch holds stale tokens in the
+      loss (:func:`check_truncated_is_sampling`).
+
+    With no stale token in the loss the three give the same loss bit for bit (the loss of
+    ``ignore``, no weight multiplied in).
 
     The frozen reference is the policy after the warm-up: captured (a state-dict copy) at the first
     ``rz_iteration_start`` of a fresh run, saved with every checkpoint and restored on resume.
 
     Settings are read from the subclass's config dataclass when it has the field, else the class
     default below: ``aggregation``, ``norm_length`` (0 = ``generation.max_new_tokens``),
-    ``clip_low``, ``clip_high``, ``kl_coef``, ``kl_estimator``, ``exclude_stale_segments``,
-    ``reuse_behaviour_logprobs``.
+    ``clip_low``, ``clip_high``, ``kl_coef``, ``kl_estimator``, ``reuse_behaviour_logprobs``;
+    ``stale``, ``stale_is_cap`` and ``exclude_stale_segments`` through :func:`stale_choice`
+    (default ``stale``: the class attribute ``stale_default``).
 
-    Metric ``loss/reused_behaviour_logprobs`` (losses that read π_old): 1 when the iteration's
+    Metrics: ``loss/reused_behaviour_logprobs`` (losses that read π_old): 1 when the iteration's
     π_old was read from the behaviour log-probs, 0 when it came from a forward (the prepare
-    forward, or the loss's own in a single-step update).
+    forward, or the loss's own in a single-step update). ``loss/stale_frac``: share of the
+    response tokens of kept rows (the loss's tokens before any exclusion) from older versions.
+    With ``truncated_is``, ``loss/stale_is_weight_mean`` (mean w over those stale tokens, 1 when
+    none) and ``loss/stale_is_clipped_frac`` (share of them where the cap binds).
     """
 
     name = "pg"  #: key prefix of the plugin's metrics and checkpoint state (subclasses: their name)
     needs_old_logprobs = True  #: False for a loss that never reads π_old (plain NLL, ReST)
+    stale_default = "truncated_is"  #: ``stale`` when the config has no such field; the default the old key may replace
     _defaults = {"aggregation": "token-mean", "norm_length": 0, "clip_low": None, "clip_high": None,
-                 "kl_coef": 0.0, "kl_estimator": "k3", "exclude_stale_segments": False,
-                 "reuse_behaviour_logprobs": True}
+                 "kl_coef": 0.0, "kl_estimator": "k3", "reuse_behaviour_logprobs": True}
 
     def __init__(self, cfg: Any):
         self.cfg = cfg
@@ -314,6 +425,7 @@ class PolicyGradientLoss:
             raise ValueError(f"loss.kl_coef={s['kl_coef']}: out of range; allowed: >= 0")
         if not s["norm_length"] >= 0:
             raise ValueError(f"loss.norm_length={s['norm_length']}: out of range; allowed: >= 0 (0 = generation.max_new_tokens)")
+        s["stale"], s["stale_is_cap"] = stale_choice(cfg, self.stale_default)
         self.s = s
         self.reference: dict[str, torch.Tensor] | None = None  # frozen π_ref weights (kl_coef > 0)
         self.reused_behaviour = False  # this iteration's π_old is the batch's behaviour log-probs (set in rz_prepare_update)
@@ -336,15 +448,15 @@ class PolicyGradientLoss:
 
     def mask(self, ctx, batch: TrainBatch) -> torch.Tensor:
         """``(N, T-1)`` float: response tokens of kept rows (current-version tokens only with
-        ``exclude_stale_segments``)."""
+        ``stale: exclude``)."""
         return self._version_mask(ctx, batch) * batch.extras["pg/keep"][:, None]
 
     def _version_mask(self, ctx, batch: TrainBatch) -> torch.Tensor:
         """``(N, T-1)`` float: the response tokens that may enter the loss before ``pg/keep`` is
-        known (current-version ones only with ``exclude_stale_segments``)."""
+        known (current-version ones only with ``stale: exclude``)."""
         m = batch.response_mask
-        if self.s["exclude_stale_segments"]:
-            m = m * (batch.token_versions == ctx.policy_version)
+        if self.s["stale"] == "exclude":
+            m = m * ~stale_tokens(ctx, batch, m)
         return m
 
     def norm_length(self, ctx) -> float:
@@ -383,7 +495,11 @@ class PolicyGradientLoss:
         out = {"pg/advantage": self.advantages(ctx, batch).float(),
                "pg/keep": self.keep_rows(ctx, batch).float()}
         self.reused_behaviour = False
-        if self.needs_old_logprobs and not single_step(ctx, batch):
+        loss_mask = self._version_mask(ctx, batch) * out["pg/keep"][:, None]  # = mask() of the full batch
+        weighs_stale = self.s["stale"] == "truncated_is" and bool(stale_tokens(ctx, batch, loss_mask).any())
+        if weighs_stale:
+            check_truncated_is_sampling(ctx)
+        if (self.needs_old_logprobs or weighs_stale) and not single_step(ctx, batch):  # π_θi: the surrogate's π_old, truncated_is's numerator
             if self.s["reuse_behaviour_logprobs"] and behaviour_is_current(ctx, batch, self._version_mask(ctx, batch)):
                 out["pg/old_logprob"] = batch.behaviour_logprobs  # the engine's, = π_θold's (no forward)
                 self.reused_behaviour = True
@@ -398,11 +514,20 @@ class PolicyGradientLoss:
     @hookimpl
     def rz_loss(self, ctx, batch):
         logp = ctx.policy.token_logprobs(batch.input_ids, batch.attention_mask)  # (N, T-1)
-        old = batch.extras["pg/old_logprob"] if "pg/old_logprob" in batch.extras else logp.detach()
+        old = batch.extras["pg/old_logprob"] if "pg/old_logprob" in batch.extras else logp.detach()  # π_θi
         adv = batch.extras["pg/advantage"]
         mask = self.mask(ctx, batch)
         tok, stats = self.token_loss(logp, old, adv)
         metrics: dict[str, float] = {}
+        candidates = batch.response_mask * batch.extras["pg/keep"][:, None]  # the loss's tokens before any exclusion
+        stale = stale_tokens(ctx, batch, candidates)
+        metrics["loss/stale_frac"] = float(stale.sum()) / max(float((candidates > 0).sum()), 1.0)
+        if self.s["stale"] == "truncated_is":
+            stale_in = stale & (mask > 0)
+            w, wstats = truncated_is_weights(old, batch.behaviour_logprobs, stale_in, self.s["stale_is_cap"])
+            if bool(stale_in.any()):  # none: the loss stays ignore's bit for bit
+                tok = tok * w
+            metrics.update({f"loss/{k}": v for k, v in wstats.items()})
         pg_loss, denom = aggregate(tok, mask, self.s["aggregation"], self.norm_length(ctx))
         loss = pg_loss
         if self.s["kl_coef"] > 0:

@@ -38,6 +38,13 @@ Implementation details:
   aggregated like the surrogate (same mask, same mode), as in eq. 3.
 - Rollouts left out by the reward (``in_loss=False``, DAPO's overlong filtering with
   ``reward.truncated=mask``) still count in their group's mean and std, as in DAPO.
+- Samples from an older policy (``stale``, as in every policy-gradient loss,
+  :class:`reasonzoo.pg.PolicyGradientLoss`): ``truncated_is`` (default) multiplies each stale
+  token's clipped-surrogate term by w = min(π_θi/μ, ``stale_is_cap`` = 2), μ the engine's
+  behaviour log-prob: AReaL's decoupled PPO objective (arXiv 2505.24298, §5.2, eq. 5; π_prox =
+  π_θi, the clip's centre) with the weight truncated (IMPALA's ρ̄; verl's truncated IS);
+  ``exclude`` leaves stale tokens out (of the KL term too); ``ignore`` treats them as π_θi's.
+  The KL term is not weighted. With no stale token all three are the same loss.
 - The optimizer is not reset between iterations (unlike loss/k15), as in verl and TRL.
 """
 from __future__ import annotations
@@ -63,7 +70,9 @@ class GRPOLossConfig:
     kl_coef: float = ranged(0.0, ge=0)  #: β, weight of the KL to the frozen post-warm-up policy (paper 0.04; 0 = no reference)
     kl_estimator: str = "k3"  #: k1, k2 or k3 (eq. 4; Schulman 2020)
     drop_uniform_groups: bool = False  #: DAPO dynamic-sampling filter: groups with equal returns leave the loss
-    exclude_stale_segments: bool = False  #: leave tokens from older policy versions (partial rollouts) out of the loss
+    stale: str = "truncated_is"  #: tokens from older policy versions: ignore, exclude or truncated_is (weight min(π_θi/μ, C)); docs/losses.md
+    stale_is_cap: float = ranged(2.0, gt=0)  #: C of truncated_is (verl's truncated IS: 2.0)
+    exclude_stale_segments: bool = False  #: old name of stale: exclude (true = exclude)
     reuse_behaviour_logprobs: bool = True  #: π_old from the engine's log-probs where exact (reasonzoo.pg.behaviour_is_current); false = always a forward
 
 

@@ -33,11 +33,17 @@ Options, each one config key:
   RLHF's λ = 0.95 held-out accuracy fell on the default task (docs/losses.md, measured).
 - ``value_clip``: ε_v (0.2), ``null`` = unclipped; ``clip_low`` / ``clip_high``: the surrogate's ε.
 - ``whiten_advantages``: standardise Â over the batch's response tokens (mean 0, std 1).
-- ``aggregation``, ``kl_coef``, ``kl_estimator``, ``exclude_stale_segments``,
+- ``aggregation``, ``kl_coef``, ``kl_estimator``, ``stale``, ``stale_is_cap``,
   ``reuse_behaviour_logprobs``: as in every policy-gradient loss
   (:class:`reasonzoo.pg.PolicyGradientLoss`; the last reads π_old from the engine's behaviour
   log-probs where they are π_θold's, :func:`reasonzoo.pg.behaviour_is_current`, instead of a
   forward). V_old always comes from the critic's own no-grad forward: the engine has no values.
+- Samples from an older policy (``stale``): ``truncated_is`` (default) weights each stale token's
+  surrogate term by min(π_θi/μ, C) (AReaL's decoupled PPO, arXiv 2505.24298 §5.2 eq. 5, with
+  π_prox = π_θi, truncated as IMPALA's ρ̄); the value loss is not weighted (its targets R are
+  the GAE returns of the data as collected). ``exclude`` takes stale tokens out of the
+  surrogate and the value loss (GAE still runs over the whole response); ``ignore`` treats
+  them as π_θi's. ``exclude_stale_segments: true`` is the old name of ``stale: exclude``.
 
 Implementation details:
 
@@ -93,7 +99,9 @@ class PPOLossConfig:
     clip_high: Optional[float] = 0.2  #: ε_high of the surrogate; null = no upper clip
     kl_coef: float = ranged(0.0, ge=0)  #: β, weight of the KL to the frozen post-warm-up policy (a loss term); 0 = none
     kl_estimator: str = "k3"  #: k1, k2 or k3 (Schulman 2020)
-    exclude_stale_segments: bool = False  #: leave tokens from older policy versions (partial rollouts) out of the loss
+    stale: str = "truncated_is"  #: tokens from older policy versions: ignore, exclude or truncated_is (weight min(π_θi/μ, C)); docs/losses.md
+    stale_is_cap: float = ranged(2.0, gt=0)  #: C of truncated_is (verl's truncated IS: 2.0)
+    exclude_stale_segments: bool = False  #: old name of stale: exclude (true = exclude)
     reuse_behaviour_logprobs: bool = True  #: π_old from the engine's log-probs where exact (reasonzoo.pg.behaviour_is_current); false = always a forward
 
 

@@ -19,6 +19,14 @@ Implementation details:
   ``seq-mean-token-sum`` fits each chosen response's sequence log-prob with equal weight.
 - Built from :mod:`reasonzoo.pg`: the rows chosen by ``keep_rows``, per-token −log π, ``aggregate``.
   No π_old or reference is computed (``needs_old_logprobs = False``).
+- Samples from an older policy (``stale``): ``ignore`` (default) fits them as they are, as ReST
+  does by design: its Improve steps fit the dataset of the last Grow step, i.e. samples of an
+  earlier policy, without correction (Gulcehre et al. §2, Algorithm 1). ``exclude`` leaves the
+  stale tokens out of the NLL. ``truncated_is`` weights each stale token's −log π term by
+  w = min(π_θi/μ, C) (per token, as the policy-gradient losses; π_θi from a no-grad forward at
+  the iteration's start, taken only when a chosen response holds stale tokens and the update has
+  several steps), which moves the fit towards what π_θi would have sampled given the same prefix.
+  ``exclude_stale_segments: true`` is the old name of ``stale: exclude``.
 - The optimizer is not reset between iterations.
 """
 from __future__ import annotations
@@ -36,7 +44,9 @@ from reasonzoo.ranges import ranged
 class ReSTLossConfig:
     aggregation: str = "token-mean"  #: token-mean (SFT over the chosen tokens) or a seq-mean-* mode
     norm_length: int = ranged(0, ge=0)  #: seq-mean-token-sum-norm's constant; 0 = generation.max_new_tokens
-    exclude_stale_segments: bool = False  #: leave tokens from older policy versions (partial rollouts) out of the loss
+    stale: str = "ignore"  #: tokens from older policy versions: ignore (ReST's Improve steps fit older samples), exclude or truncated_is
+    stale_is_cap: float = ranged(2.0, gt=0)  #: C of truncated_is (verl's truncated IS: 2.0)
+    exclude_stale_segments: bool = False  #: old name of stale: exclude (true = exclude)
     best_by: str = "return"  #: rank correct responses by total return (length reward included) or by outcome score only
 
 
@@ -60,6 +70,7 @@ class ReSTLoss(PolicyGradientLoss):
 
     name = "rest"
     needs_old_logprobs = False
+    stale_default = "ignore"  #: ReST's Improve steps fit samples of an earlier policy as they are (Gulcehre et al. §2)
 
     def __init__(self, cfg: ReSTLossConfig):
         if cfg.best_by not in BEST_BY:
