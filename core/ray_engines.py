@@ -9,7 +9,7 @@ engine only through the Engine protocol, so engine/torch and engine/vllm both fi
 :class:`RayEngineGroup` is what the trainer holds instead of a local engine.
 
 Weights and versions: :meth:`RayEngineGroup.sync_weights` puts the trainer's ``state_dict``
-into Ray's object store once (``ray.put``), tagged with ``ctx.policy_version``, and pushes the
+into Ray's object store once (``ray.put``, as numpy bytes: :func:`pack_state`), tagged with ``ctx.policy_version``, and pushes the
 reference to every actor, which loads it into its policy and calls its engine's
 ``sync_weights()``. Every generate call carries the latest reference too: an actor whose loaded
 weights are not those (a restarted actor, its state lost) loads them first, so it catches up by
@@ -58,7 +58,7 @@ import torch
 
 from .types import Generation, GenerationRequest, SamplingParams
 
-__all__ = ["EngineActor", "EngineActorError", "RayEngineGroup", "remote_engine_actor"]
+__all__ = ["EngineActor", "EngineActorError", "RayEngineGroup", "pack_state", "remote_engine_actor", "unpack_state"]
 
 RAY_MISSING = "launcher=ray needs Ray: pip install -e '.[ray]'"
 
@@ -130,7 +130,7 @@ class EngineActor:
         """
         ref = weights[0]
         if ref.hex() != self.weights_id:
-            self.ctx.policy.model.load_state_dict(_ray().get(ref))
+            self.ctx.policy.model.load_state_dict(unpack_state(_ray().get(ref)))
             self.engine.sync_weights()
             self.weights_id = ref.hex()
         self.version = self.ctx.policy_version = int(version)
@@ -173,6 +173,26 @@ def remote_engine_actor():
     if _REMOTE is None:
         _REMOTE = _ray().remote(EngineActor)
     return _REMOTE
+
+
+def pack_state(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.dtype, tuple[int, ...], Any]]:
+    """A ``state_dict`` as ``{name: (dtype, shape, bytes as a uint8 numpy array)}`` (CPU). Ray
+    stores numpy arrays out of band and maps them read-only into a reader on the same node without
+    a copy; torch tensors go through pickle and are copied on both sides (100 MB: ~0.2 s to put,
+    ~0.05-0.2 s to get in another process, against ~0.02 s and ~0.3 ms as numpy, on this 2-core
+    box). Bytes rather than typed arrays: numpy has no bfloat16."""
+    return {k: (v.dtype, tuple(v.shape), v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+            for k, v in state.items()}
+
+
+def unpack_state(packed: Mapping[str, tuple[torch.dtype, tuple[int, ...], Any]]) -> dict[str, torch.Tensor]:
+    """The tensors of :func:`pack_state`, sharing the arrays' (read-only) memory: for
+    ``load_state_dict``, which copies them into the model."""
+    import warnings
+
+    with warnings.catch_warnings():  # "The given NumPy array is not writable": only read, by the copy
+        warnings.simplefilter("ignore", UserWarning)
+        return {k: torch.from_numpy(a).view(dtype).reshape(shape) for k, (dtype, shape, a) in packed.items()}
 
 
 def _chunks(n: int, parts: int) -> list[tuple[int, int]]:
@@ -281,8 +301,7 @@ class RayEngineGroup:
         restarted actors. :raises EngineActorError: as :meth:`generate`."""
         self._check_open()
         ray = _ray()
-        state = {k: v.detach().cpu() for k, v in self.ctx.policy.model.state_dict().items()}
-        self._ref, self._version = ray.put(state), int(self.ctx.policy_version)
+        self._ref, self._version = ray.put(pack_state(self.ctx.policy.model.state_dict())), int(self.ctx.policy_version)
         weights = [self._ref]
         self._run("sync_weights", {i: partial(a.load_weights.remote, self._version, weights)
                                    for i, a in enumerate(self.actors)})
@@ -314,18 +333,32 @@ class RayEngineGroup:
         between two calls counts once)."""
         return {"ray/engine_restarts": self._restarts, "ray/engine_retries": self._retries}
 
-    def close(self) -> None:
-        """Close every actor's engine and kill the actors (no restart). Idempotent."""
+    def close(self, timeout_s: float = 60.0) -> None:
+        """Close every actor's engine, kill the actors (no restart) and return once they are dead
+        (``ray.kill`` only asks: a call sent right after it may still run), so their resources are
+        free for what comes next; waits at most ``timeout_s`` for each step. Idempotent."""
         if not self.actors:
             return
         ray = _ray()
+        from ray.exceptions import RayActorError
+
+        actors, self.actors = self.actors, []
         try:
-            ray.get([a.close.remote() for a in self.actors], timeout=60)
+            ray.get([a.close.remote() for a in actors], timeout=timeout_s)
         except Exception:  # a dead or hung actor: killed below all the same
             pass
-        for a in self.actors:
+        for a in actors:
             ray.kill(a, no_restart=True)
-        self.actors = []
+        deadline = time.monotonic() + timeout_s
+        for a in actors:
+            while time.monotonic() < deadline:
+                try:
+                    ray.get(a.where.remote(), timeout=max(deadline - time.monotonic(), 0.01))
+                except RayActorError:
+                    break
+                except Exception:  # GetTimeoutError: the deadline is reached
+                    break
+                time.sleep(0.05)
 
     def _check_open(self) -> None:
         if not self.actors:

@@ -18,7 +18,7 @@ import torch  # noqa: E402
 
 from reasonzoo.context import RunContext  # noqa: E402
 from reasonzoo.plugins.engine.torch import TorchEngine, TorchEngineConfig  # noqa: E402
-from reasonzoo.ray_engines import EngineActorError, RayEngineGroup, _chunks  # noqa: E402
+from reasonzoo.ray_engines import EngineActorError, RayEngineGroup, _chunks, pack_state, unpack_state  # noqa: E402
 from reasonzoo.registry import build_plugins, make_manager  # noqa: E402
 from reasonzoo.train import compose  # noqa: E402
 from reasonzoo.types import GenerationRequest, SamplingParams  # noqa: E402
@@ -176,6 +176,16 @@ def test_chunks_contiguous_near_equal():
     assert _chunks(5, 2) == [(0, 3), (3, 5)]
     assert _chunks(6, 3) == [(0, 2), (2, 4), (4, 6)]
     assert _chunks(1, 3) == [(0, 1), (1, 1), (1, 1)]
+
+
+def test_pack_state_round_trip():
+    """Every dtype (bfloat16 too, which numpy lacks), 0-d and non-contiguous tensors come back equal."""
+    state = {"w": torch.randn(3, 4), "bf": torch.randn(5).to(torch.bfloat16), "half": torch.randn(2, 3).half(),
+             "step": torch.tensor(7), "cols": torch.randn(4, 6)[:, ::2], "mask": torch.tensor([True, False])}
+    back = unpack_state(pack_state(state))
+    assert list(back) == list(state)
+    for k, v in state.items():
+        assert back[k].dtype == v.dtype and back[k].shape == v.shape and torch.equal(back[k], v), k
 
 
 def test_bad_arguments_named(cluster, tiny, policy, tmp_path):
