@@ -108,13 +108,15 @@ def _timed_evaluate(ctx: RunContext, problems: Sequence[Problem], cfg: RunConfig
 
 
 def make_rollout(ctx: RunContext, problem: Problem, prompt_ids: Sequence[int], gen: Generation) -> Rollout:
-    """A :class:`Rollout` from an engine :class:`Generation` (one segment at the current version).
+    """A :class:`Rollout` from an engine :class:`Generation`: one segment, at the version the engine
+    says produced it (``Generation.policy_version``), else ``ctx.policy_version``.
     Its text is the engine's cut at a stop string (``Generation.text``) when there is one, so
     rewards never see what followed the stop string inside its last token."""
     ids = tuple(gen.token_ids)
     return Rollout(
         problem=problem, prompt_ids=tuple(prompt_ids), response_ids=ids, logprobs=tuple(gen.logprobs),
-        finish_reason=gen.finish_reason, segments=(Segment(0, len(ids), ctx.policy_version),),
+        finish_reason=gen.finish_reason,
+        segments=(Segment(0, len(ids), ctx.policy_version if gen.policy_version is None else gen.policy_version),),
         text=ctx.policy.decode(ids) if gen.text is None else gen.text,
     )
 

@@ -159,8 +159,10 @@ class RayPlacement:
             return None
         init_method = f"tcp://{ray.util.get_node_ip_address()}:{_free_port()}"
         cfg = OmegaConf.to_container(ctx.cfg, resolve=True)
-        actor = _rank_actor_class().options(num_cpus=self.cfg.rank_cpus, num_gpus=self.cfg.rank_gpus)
-        self.ranks = [actor.remote() for _ in range(1, world)]
+        cls = _rank_actor_class()
+        tag = os.urandom(4).hex()  # named per run, so a cluster shared by runs tells them apart
+        self.ranks = [cls.options(num_cpus=self.cfg.rank_cpus, num_gpus=self.cfg.rank_gpus, name=f"reasonzoo-rank{r}-{tag}").remote()
+                      for r in range(1, world)]
         self.runs = [a.run.remote(cfg, str(ctx.run_dir), r, world, init_method, self.backend, self.cfg.timeout_s)
                      for r, a in enumerate(self.ranks, start=1)]
         self.dp = init_rank(self.backend, init_method, 0, world, self.cfg.timeout_s)

@@ -104,7 +104,7 @@ class Partial:
             r.tokens += out.token_ids
             r.logprobs += out.logprobs
             if out.token_ids:
-                r.segments.append((start, len(r.tokens), ctx.policy_version))
+                r.segments.append((start, len(r.tokens), ctx.policy_version if out.policy_version is None else out.policy_version))
             if out.finish_reason is not FinishReason.LENGTH:
                 r.reason = out.finish_reason
             elif len(r.tokens) >= max_new:
