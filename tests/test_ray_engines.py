@@ -278,6 +278,7 @@ def test_killed_actor_restarted_same_result(two, policy):
     want = group.generate(reqs, PARAMS, torch.Generator().manual_seed(11))
     pid = group.where()[1]["pid"]
     ray.kill(group.actors[1], no_restart=False)  # mid-run: Ray restarts it; it has no weights then
+    _wait_killed(group.actors[1], pid)
     got = group.generate(reqs, PARAMS, torch.Generator().manual_seed(11))
     assert got == want
     counts = group.fault_counts()
@@ -285,6 +286,21 @@ def test_killed_actor_restarted_same_result(two, policy):
     assert group.where()[1]["pid"] != pid
     # the call that met the dead actor (if it did: Ray may have restarted it first) was resent once
     assert counts["ray/engine_retries"] - before["ray/engine_retries"] in (0, 1)
+
+
+def _wait_killed(actor, pid):
+    """Until the kill has landed (ray.kill only asks): the actor fails a call or answers from a new
+    process. Polled (up to 60 s), so the group's next call surely meets the restart."""
+    import time
+
+    for _ in range(600):
+        try:
+            if ray.get(actor.where.remote(), timeout=60)["pid"] != pid:
+                return
+        except ray.exceptions.RayActorError:
+            return
+        time.sleep(0.1)
+    pytest.fail(f"the killed actor still answers from pid {pid}")
 
 
 def test_entry_point_plugins_rebuilt_in_actor(third, policy):
