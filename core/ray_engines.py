@@ -9,13 +9,13 @@ engine only through the Engine protocol, so engine/torch and engine/vllm both fi
 :class:`RayEngineGroup` is what the trainer holds instead of a local engine.
 
 Weights and versions: :meth:`RayEngineGroup.sync_weights` puts the trainer's ``state_dict``
-into Ray's object store once (``ray.put``, as numpy bytes: :func:`pack_state`), tagged with ``ctx.policy_version``, and pushes the
-reference to every actor, which loads it into its policy and calls its engine's
-``sync_weights()``. Every generate call carries the latest reference too: an actor whose loaded
-weights are not those (a restarted actor, its state lost) loads them first, so it catches up by
-itself. Every :class:`~reasonzoo.types.Generation` records the version the actor served
-(``Generation.policy_version``). On GPU a collective broadcast (NCCL) would replace the object
-store; not built here.
+into Ray's object store once (``ray.put``, as numpy bytes: :func:`pack_state`), tagged with
+``ctx.policy_version``, and pushes the reference to every actor, which loads it into its policy
+and calls its engine's ``sync_weights()``. Every generate call carries the latest reference too:
+an actor whose loaded weights are not those (a restarted actor, its state lost) loads them
+first, so it catches up by itself. Every :class:`~reasonzoo.types.Generation` records the
+version the actor served (``Generation.policy_version``). On GPU a collective broadcast (NCCL)
+would replace the object store; not built here.
 
 Randomness: with one actor the driver generator's state travels to the actor and the final
 state comes back, so the tokens are exactly those of the local engine with the same generator.
@@ -30,15 +30,19 @@ Ray (``max_restarts``). The call it was running, or the next one sent to it, fai
 ``RayActorError``; the group waits until the restarted actor answers (calls sent while Ray
 restarts it fail at once, so they are not resent blindly) and resends that chunk with the same
 requests, the same seed (or generator state) and the same weights reference, up to
-``max_task_retries`` times per call. Generation is a pure function of those arguments, so the retried chunk gives what the
-lost call would have given, and only the result that arrived is used: nothing is lost or counted
-twice. The retries are the group's own rather than Ray's ``max_task_retries`` option (left at 0)
-so that the group counts them, keeps the other chunks running meanwhile, and names the actor when
-they run out (:class:`EngineActorError`: the actor's index, node and pid, the cause). Errors
-raised by the engine itself (a bad stop string, out of memory in torch) are not retried: they
-come back as raised, with their own type. :meth:`RayEngineGroup.fault_counts` gives
-``ray/engine_restarts`` (restarts seen: an actor answering from a new process) and
-``ray/engine_retries`` (calls resent), cumulative over the group's life.
+``max_task_retries`` times per call. Generation is a pure function of those arguments, so the
+resent chunk gives what the lost call would have given, and only the result that arrived is
+used: nothing is lost or counted twice. The retries are the group's own rather than Ray's
+``max_task_retries`` option (left at 0) so that the group counts them, keeps the other chunks
+running meanwhile, and names the actor when they run out (:class:`EngineActorError`: the actor's
+index, pid, node and the cause). Errors raised by the engine itself (a bad stop string, a
+shape mismatch when loading weights) are not retried: they come back as raised, with their own
+type. :meth:`RayEngineGroup.fault_counts` gives ``ray/engine_restarts`` (restarts seen: an
+actor answering from a new process) and ``ray/engine_retries`` (calls resent), cumulative over
+the group's life.
+
+One caller at a time: the group is not thread-safe (the asynchronous trainer calls
+``generate`` from its rollout thread and ``sync_weights`` only once that rollout has ended).
 
 Ray stays optional: this module imports it only inside functions.
 """
