@@ -30,7 +30,9 @@ class Placement(Protocol):
     """What ``rz_place`` returns (see :func:`reasonzoo.hookspecs.rz_place`).
 
     Optional: ``diagnose() -> str | None``, called when the run fails: names a trainer rank or an
-    actor that died and its cause (the loop then raises that, with the resume hint).
+    actor that died and its cause (the loop then raises that, with the resume hint);
+    ``reward(ctx, groups) -> list[list[RewardResult]]``, called by the loop instead of the
+    ``rz_reward`` hook to score an iteration's rollouts (reward actors under ``launcher=ray``).
     """
 
     def engine(self, ctx, policy):
@@ -94,6 +96,10 @@ class LocalPlacement:
 
     def engine(self, ctx, policy):
         return ctx.hook.rz_build_engine(ctx=ctx, policy=policy)
+
+    def reward(self, ctx, groups):
+        """The run's ``rz_reward`` in this process: one list of ``RewardResult`` per group."""
+        return ctx.hook.rz_reward(ctx=ctx, groups=groups)
 
     def start_trainer(self, ctx):
         if self.world == 1:

@@ -19,6 +19,7 @@ import torch  # noqa: E402
 from reasonzoo.context import RunContext  # noqa: E402
 from reasonzoo.plugins.engine.torch import TorchEngine, TorchEngineConfig  # noqa: E402
 from reasonzoo.ray_engines import EngineActorError, RayEngineGroup, _chunks, pack_state, unpack_state  # noqa: E402
+from reasonzoo.ray_engines import flatten_state as _flatten, unflatten_state as _unflatten  # noqa: E402
 from reasonzoo.registry import build_plugins, make_manager  # noqa: E402
 from reasonzoo.train import compose  # noqa: E402
 from reasonzoo.types import GenerationRequest, SamplingParams  # noqa: E402
@@ -373,3 +374,124 @@ def test_module_imports_without_ray():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "launcher=ray needs Ray: pip install -e '.[ray]'"
+
+
+# --- weight_sync=broadcast ---------------------------------------------------------------------
+
+
+def _teacher_forced(policy, reqs, gens):
+    """The log-probs ``policy`` gives the generated tokens (a forward over prompt + tokens)."""
+    out = []
+    for r, g in zip(reqs, gens):
+        seq = torch.tensor([list(r.prompt_ids) + list(r.prefix_ids) + list(g.token_ids)])
+        with torch.no_grad():
+            out.append(policy.token_logprobs(seq, torch.ones_like(seq))[0, -len(g.token_ids):])
+    return out
+
+
+@pytest.fixture
+def broadcast(cluster, tiny, policy, tmp_path):
+    """Two actors under weight_sync=broadcast (a fresh group per test: a fallback is for good),
+    the driver's weights restored after the test."""
+    saved = {k: v.clone() for k, v in policy.model.state_dict().items()}
+    ctx, group = _group(compose(tiny), tmp_path, policy, 2, weight_sync="broadcast")
+    yield ctx, group
+    group.close()
+    policy.model.load_state_dict(saved)
+
+
+def _perturb(policy, scale):
+    with torch.no_grad():
+        for p in policy.model.parameters():
+            p.mul_(scale)
+
+
+def test_broadcast_reaches_actors_with_version(broadcast, policy, tmp_path):
+    """The trainer's own default process group (init_process_group, world 1) stays as it was: the
+    weight group is another one (its own store address); actors' log-probs are the driver's weights'."""
+    import torch.distributed as dist
+
+    ctx, group = broadcast
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rdv", rank=0, world_size=1)
+    try:
+        reqs = _requests(policy)[:4]
+        group.sync_weights()
+        old = group.generate(reqs, PARAMS, torch.Generator().manual_seed(0))
+        _perturb(policy, 1.5)
+        ctx.policy_version += 1
+        group.sync_weights()
+        assert group._ref is None and group._weights == [f"broadcast:{ctx.policy_version}"]  # no object store used
+        new = group.generate(reqs, PARAMS, torch.Generator().manual_seed(0))
+        assert {g.policy_version for g in new} == {ctx.policy_version} == {group.policy_version}
+        assert _strip(new) != _strip(old)
+        for lp, g in zip(_teacher_forced(policy, reqs, new), new):
+            torch.testing.assert_close(lp, torch.tensor(g.logprobs), atol=1e-5, rtol=1e-5)
+        t = torch.ones(2)
+        dist.all_reduce(t)  # the default group: this process alone
+        assert dist.get_world_size() == 1 and t.tolist() == [1.0, 1.0]
+        assert group.fault_counts() == {"ray/engine_restarts": 0, "ray/engine_retries": 0, "ray/weight_sync_fallbacks": 0}
+    finally:
+        dist.destroy_process_group()
+
+
+def test_broadcast_falls_back_when_an_actor_dies_before_a_sync(broadcast, policy):
+    """Actor 1 killed; the next broadcast fails; the group goes to the object store for good and
+    the restarted actor serves the new weights (log-probs match) with the right version."""
+    ctx, group = broadcast
+    reqs = _requests(policy)[:4]
+    group.sync_weights()
+    pid = group.where()[1]["pid"]
+    ray.kill(group.actors[1], no_restart=False)
+    _wait_killed(group.actors[1], pid)
+    _perturb(policy, 0.7)
+    ctx.policy_version += 1
+    group.sync_weights()
+    assert group.weight_sync == "object_store" and group._ref is not None
+    got = group.generate(reqs, PARAMS, torch.Generator().manual_seed(1))
+    assert {g.policy_version for g in got} == {ctx.policy_version} and group.where()[1]["pid"] != pid
+    for lp, g in zip(_teacher_forced(policy, reqs, got), got):
+        torch.testing.assert_close(lp, torch.tensor(g.logprobs), atol=1e-5, rtol=1e-5)
+    counts = group.fault_counts()
+    assert counts["ray/weight_sync_fallbacks"] == 1 and counts["ray/engine_restarts"] == 1
+    _perturb(policy, 1.1)  # later syncs go through the object store
+    ctx.policy_version += 1
+    group.sync_weights()
+    again = group.generate(reqs, PARAMS, torch.Generator().manual_seed(1))
+    assert {g.policy_version for g in again} == {ctx.policy_version}
+
+
+def test_broadcast_falls_back_when_an_actor_dies_before_a_generate(broadcast, policy):
+    """Actor 1 killed after the broadcast: its chunk of the next generate reaches the restarted
+    actor, which lacks the broadcast weights; the group falls back (the last broadcast weights,
+    kept as a snapshot, go to the object store) and resends: the same tokens as without the kill."""
+    ctx, group = broadcast
+    reqs = _requests(policy)
+    _perturb(policy, 1.3)
+    ctx.policy_version += 1
+    group.sync_weights()
+    want = group.generate(reqs, PARAMS, torch.Generator().manual_seed(4))
+    pid = group.where()[1]["pid"]
+    _perturb(policy, 0.5)  # the driver moves on (as with max_staleness=1): the snapshot, not these, must be served
+    ray.kill(group.actors[1], no_restart=False)
+    _wait_killed(group.actors[1], pid)
+    got = group.generate(reqs, PARAMS, torch.Generator().manual_seed(4))
+    assert got == want
+    counts = group.fault_counts()
+    assert counts["ray/weight_sync_fallbacks"] == 1 and counts["ray/engine_restarts"] == 1
+    assert counts["ray/engine_retries"] == 1 and group.weight_sync == "object_store"
+
+
+def test_weight_sync_choice_named(cluster, tiny, policy, tmp_path):
+    ctx = RunContext(cfg=compose(tiny), hook=None, run_dir=tmp_path, policy=policy)
+    with pytest.raises(ValueError, match=r"weight_sync='nccl': allowed values are object_store, broadcast"):
+        RayEngineGroup(ctx, 1, weight_sync="nccl")
+
+
+def test_flatten_state_round_trip():
+    state = {"a": torch.randn(2, 3), "b": torch.randn(4).half(), "c": torch.randn(5), "d": torch.tensor(3)}
+    layout, buffers = _flatten(state)
+    assert [d for d, _ in layout] == [torch.float32, torch.float16, torch.int64]
+    assert [[n for n, _ in e] for _, e in layout] == [["a", "c"], ["b"], ["d"]]
+    assert [b.numel() for b in buffers] == [11, 4, 1]
+    back = _unflatten(layout, buffers)
+    assert all(torch.equal(back[k], v) and back[k].dtype == v.dtype for k, v in state.items())

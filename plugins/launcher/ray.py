@@ -6,7 +6,11 @@ loop (sampling, rewards, logging, evaluation, checkpoints) as ``launcher=local``
 
 * ``engines`` engine actors (:mod:`reasonzoo.ray_engines`): each rebuilds the plugins from the
   same config, entry-point plugins included, and serves ``engine=<name>``; a rollout's requests
-  are split across them and the trainer's weights reach them with a version after every update;
+  are split across them and the trainer's weights reach them with a version after every update
+  (``weight_sync``: through the object store, or broadcast in a process group of their own);
+* ``reward_workers`` reward actors when > 0 (:class:`reasonzoo.ray_engines.RayRewardGroup`): the
+  run's rewards are computed there (the code sandbox pool and slow verifiers then run on the
+  cluster), the groups split across them; the loop calls :meth:`RayPlacement.reward`;
 * ``trainer_ranks - 1`` trainer ranks (:func:`reasonzoo.distributed.follower_loop`), joined with
   rank 0 in a ``torch.distributed`` group (gloo on CPU, nccl on GPU): the update is data-parallel
   over the ranks (:mod:`reasonzoo.distributed`).
@@ -36,6 +40,7 @@ from reasonzoo.registry import PluginError
 
 log = logging.getLogger("reasonzoo")
 BACKENDS = ("auto", "gloo", "nccl")
+WEIGHT_SYNC = ("object_store", "broadcast")
 
 
 @dataclass
@@ -49,8 +54,12 @@ class RayLauncherConfig:
     rank_cpus: float = ranged(1.0, gt=0)  #: CPUs reserved per trainer rank actor (ranks 1 .. R-1)
     rank_gpus: float = ranged(0.0, ge=0)  #: GPUs per trainer rank actor
     backend: str = "auto"  #: torch.distributed backend of the gradients: auto (nccl with GPUs, else gloo), gloo, nccl
-    max_restarts: int = ranged(3, ge=0)  #: restarts of a dead engine actor before the run fails
-    max_task_retries: int = ranged(3, ge=0)  #: retries of an engine call whose actor died
+    reward_workers: int = ranged(0, ge=0)  #: reward actors; 0: rewards computed in this process
+    reward_cpus: float = ranged(1.0, gt=0)  #: CPUs reserved per reward actor
+    weight_sync: str = "object_store"  #: how weights reach the engine actors: object_store, or broadcast (a process group of the trainer and the engine actors)
+    max_restarts: int = ranged(3, ge=0)  #: restarts of a dead engine or reward actor before the run fails
+    max_task_retries: int = ranged(3, ge=0)  #: retries of an engine or reward call whose actor died
+    start_timeout_s: float = ranged(600.0, gt=0)  #: longest wait for an actor to start, or to come back after dying
     timeout_s: float = ranged(86400.0, gt=0)  #: longest wait of a trainer rank for rank 0 (its rollouts, rewards, evaluation, warm-up)
 
 
@@ -63,6 +72,8 @@ class RayLauncher:
     def __init__(self, cfg: RayLauncherConfig):
         if cfg.backend not in BACKENDS:
             raise ValueError(f"launcher.backend={cfg.backend!r}: allowed values are {', '.join(BACKENDS)}")
+        if cfg.weight_sync not in WEIGHT_SYNC:
+            raise ValueError(f"launcher.weight_sync={cfg.weight_sync!r}: allowed values are {', '.join(WEIGHT_SYNC)}")
         self.cfg = cfg
 
     @staticmethod
@@ -115,11 +126,12 @@ class RayPlacement:
 
         self.cfg, self.ctx = cfg, ctx
         self.engines = None
+        self.rewards = None
         self.ranks: list = []
         self.runs: list = []
         self.dp: DataParallel | None = None
         self.started_ray = False
-        cpus = cfg.engines * cfg.engine_cpus + (cfg.trainer_ranks - 1) * cfg.rank_cpus
+        cpus = cfg.engines * cfg.engine_cpus + (cfg.trainer_ranks - 1) * cfg.rank_cpus + cfg.reward_workers * cfg.reward_cpus
         gpus = cfg.engines * cfg.engine_gpus + (cfg.trainer_ranks - 1) * cfg.rank_gpus
         address = cfg.address or os.environ.get("RAY_ADDRESS")
         threads = str(ctx.cfg.threads)
@@ -137,9 +149,20 @@ class RayPlacement:
             raise PluginError(
                 f"launcher=ray: the actors need {cpus:g} CPUs and {gpus:g} GPUs (launcher.engines={cfg.engines} x "
                 f"engine_cpus={cfg.engine_cpus:g} / engine_gpus={cfg.engine_gpus:g}, launcher.trainer_ranks-1="
-                f"{cfg.trainer_ranks - 1} x rank_cpus={cfg.rank_cpus:g} / rank_gpus={cfg.rank_gpus:g}); the cluster has "
+                f"{cfg.trainer_ranks - 1} x rank_cpus={cfg.rank_cpus:g} / rank_gpus={cfg.rank_gpus:g}, launcher.reward_workers="
+                f"{cfg.reward_workers} x reward_cpus={cfg.reward_cpus:g}); the cluster has "
                 f"{have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs")
         self.backend = cfg.backend if cfg.backend != "auto" else ("nccl" if cfg.rank_gpus > 0 and torch.cuda.is_available() else "gloo")
+        if cfg.reward_workers > 0:
+            from reasonzoo.ray_engines import RayRewardGroup
+
+            try:
+                self.rewards = RayRewardGroup(ctx, cfg.reward_workers, actor_options={"num_cpus": cfg.reward_cpus},
+                                              max_restarts=cfg.max_restarts, max_task_retries=cfg.max_task_retries,
+                                              start_timeout_s=cfg.start_timeout_s)
+            except BaseException:
+                self.close()
+                raise
 
     def engine(self, ctx, policy):
         from reasonzoo.ray_engines import RayEngineGroup
@@ -148,8 +171,16 @@ class RayPlacement:
             self.engines.close()
         self.engines = RayEngineGroup(ctx, self.cfg.engines,
                                       actor_options={"num_cpus": self.cfg.engine_cpus, "num_gpus": self.cfg.engine_gpus},
-                                      max_restarts=self.cfg.max_restarts, max_task_retries=self.cfg.max_task_retries)
+                                      max_restarts=self.cfg.max_restarts, max_task_retries=self.cfg.max_task_retries,
+                                      start_timeout_s=self.cfg.start_timeout_s, weight_sync=self.cfg.weight_sync)
         return self.engines
+
+    def reward(self, ctx, groups):
+        """The iteration's rewards: from the reward actors when ``reward_workers > 0``, else the
+        ``rz_reward`` hook in this process (one list of ``RewardResult`` per group)."""
+        if self.rewards is None:
+            return ctx.hook.rz_reward(ctx=ctx, groups=groups)
+        return self.rewards.reward(ctx, groups)
 
     def start_trainer(self, ctx):
         import ray
@@ -169,7 +200,9 @@ class RayPlacement:
         return self.dp
 
     def metrics(self) -> dict[str, float]:
-        counts = self.engines.fault_counts() if self.engines is not None and hasattr(self.engines, "fault_counts") else {}
+        counts = dict(self.engines.fault_counts()) if self.engines is not None and hasattr(self.engines, "fault_counts") else {}
+        if self.rewards is not None:
+            counts.update(self.rewards.fault_counts())
         return {k: float(v) for k, v in counts.items()}
 
     def diagnose(self) -> str | None:
@@ -201,10 +234,12 @@ class RayPlacement:
                 ray.kill(a)
             if self.engines is not None:
                 self.engines.close()
+            if self.rewards is not None:
+                self.rewards.close()
             if self.dp is not None and torch.distributed.is_initialized():
                 torch.distributed.destroy_process_group()
         finally:
-            self.ranks, self.runs, self.dp, self.engines = [], [], None, None
+            self.ranks, self.runs, self.dp, self.engines, self.rewards = [], [], None, None, None
             if self.started_ray and ray.is_initialized():
                 ray.shutdown()
                 self.started_ray = False
