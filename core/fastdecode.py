@@ -5,14 +5,16 @@ dispatch, not arithmetic: the Hugging Face forward spends a few hundred ops per 
 model. :class:`FastDecoder` runs the same maths as ``LlamaForCausalLM`` / ``Qwen2ForCausalLM``
 (``modeling_llama.py``, ``modeling_qwen2.py`` of transformers 5) in about 15 ops per layer:
 
-- one matmul per layer gives q, k, v *and* ``rotate_half(q)``, ``rotate_half(k)``: rotate_half is a
-  signed permutation of each head's rows, folded into the fused weight, so RoPE is
-  ``y1 * cos + y2 * sin`` (one ``mul`` + one ``addcmul``; the v heads get cos = 1, sin = 0); the
-  1/sqrt(head_dim) attention scale is folded into the q rows;
+- one matmul per layer gives q, k and v; RoPE on q and k is ``x * cos + rotate_half(x) * sin``
+  (4 ops); the 1/sqrt(head_dim) attention scale is folded into the q rows. (rotate_half used to be
+  folded into the fused weight as extra rows: one op fewer, but (H + KV) x D more matmul rows,
+  ~1/5 of a layer's FLOPs at hidden 384, for no gain at the default size:
+  ``benchmarks/decode_efficiency.py``);
 - the cos/sin table comes from the model's own rotary module, once per call;
-- a static KV cache per layer, keys ``(B, KV, D, T)`` (transposed: the score ``bmm`` reads rows)
-  and values ``(B, KV, T, D)``, allocated once per call; each row has its own write column and
-  position, and an additive key bias (0 on its valid columns, -inf elsewhere);
+- a static KV cache per layer, keys and values ``(B, KV, T, D)`` (a token's write is contiguous;
+  the score ``baddbmm`` reads the keys through a transposed view), allocated once per call; each
+  row has its own write column and position, and an additive key bias (0 on its valid columns,
+  -inf elsewhere);
 - RMSNorm weights folded into the following projections (the norm itself is 5 ops), ``addmm``
   for the residual adds, a fused gate/up projection;
 - continuous batching: at most ``slots`` rows decode together; waiting requests take the rows of
@@ -89,12 +91,6 @@ def unsupported(model) -> str | None:
     return f"{name} with {', '.join(bad)}" if bad else None
 
 
-def _rotated_rows(w: torch.Tensor, heads: int, d: int) -> torch.Tensor:
-    """Rows (or bias entries) giving ``rotate_half`` of each head's output: [-second half, first half]."""
-    w = w.reshape(heads, 2, d // 2, *w.shape[1:])
-    return torch.cat([-w[:, 1], w[:, 0]], 1).reshape(heads * d, *w.shape[3:])
-
-
 def _spans(cols: Sequence[int], alive: Sequence[bool], most: int = 4, min_rows: int = 8) -> list[tuple[int, int, int]]:
     """Split batch rows into at most ``most`` contiguous spans ``(a, b, n)`` of similar cache
     length: rows ``a..b-1`` attend to their first ``n`` columns (``n`` = the span's largest
@@ -146,13 +142,11 @@ class FastDecoder:
         layers = []
         for layer in self.model.model.layers:
             a, p = layer.self_attn, layer.mlp
-            wq, wk, wv = a.q_proj.weight * s, a.k_proj.weight, a.v_proj.weight
             # the input RMSNorm's weight is folded into the projection's columns (as is the MLP's below)
-            w = torch.cat([wq, wk, wv, _rotated_rows(wq, H, D), _rotated_rows(wk, KV, D), torch.zeros_like(wv)]) * layer.input_layernorm.weight
+            w = torch.cat([a.q_proj.weight * s, a.k_proj.weight, a.v_proj.weight]) * layer.input_layernorm.weight
             b = None
             if a.q_proj.bias is not None:  # Qwen2 (and Llama with attention_bias)
-                bq, bk, bv = a.q_proj.bias * s, a.k_proj.bias, a.v_proj.bias
-                b = torch.cat([bq, bk, bv, _rotated_rows(bq, H, D), _rotated_rows(bk, KV, D), torch.zeros_like(bv)])
+                b = torch.cat([a.q_proj.bias * s, a.k_proj.bias, a.v_proj.bias])
             wgu = torch.cat([p.gate_proj.weight, p.up_proj.weight]) * layer.post_attention_layernorm.weight
             layers.append((w, b, a.o_proj.weight.t(), a.o_proj.bias, wgu.t(), p.down_proj.weight.t()))
         m = self.model.model
@@ -164,13 +158,17 @@ class FastDecoder:
         return x * x.square().mean(-1, keepdim=True).add_(self.eps).rsqrt_()
 
     def _rope(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin ``(n, NH, D)`` for positions ``0..n-1``: the model's RoPE on q and k heads, identity on v."""
+        """cos, sin ``(n, H + KV, D)`` for positions ``0..n-1``: the model's RoPE, per q and k head."""
         rot = self.model.model.rotary_emb
         cos, sin = rot(torch.zeros(1, dtype=torch.float32), torch.arange(n)[None])  # (1, n, D)
-        ident = self.NH - self.H - self.KV
-        cos = torch.cat([cos[0, :, None].expand(n, self.H + self.KV, self.D), torch.ones(n, ident, self.D)], 1)
-        sin = torch.cat([sin[0, :, None].expand(n, self.H + self.KV, self.D), torch.zeros(n, ident, self.D)], 1)
-        return cos.contiguous(), sin.contiguous()
+        qk = (n, self.H + self.KV, self.D)
+        return cos[0, :, None].expand(qk).contiguous(), sin[0, :, None].expand(qk).contiguous()
+
+    def _qk(self, y: torch.Tensor, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """RoPE'd q and k heads ``(..., H + KV, D)`` of the fused projection ``y (..., NH, D)``:
+        ``x * cos + rotate_half(x) * sin`` (HF ``apply_rotary_pos_emb``), rotate_half = [-x2, x1]."""
+        x, d = y[..., : self.H + self.KV, :], self.D // 2
+        return torch.addcmul(x * c, torch.cat([-x[..., d:], x[..., :d]], -1), s)
 
     # ---- forward passes ----
     def _act(self, x, wgu):
@@ -180,21 +178,21 @@ class FastDecoder:
         return F.silu(gu[..., :i]).mul_(gu[..., i:])
 
     def _prefill(self, W, ids, pos, keymask, cos, sin, cache):
-        """Forward of the left-padded prompts ``ids (B, T)``; fills ``cache[:, :, :, :T]``; logits ``(B, V)`` of the last column."""
+        """Forward of the left-padded prompts ``ids (B, T)``; fills ``cache[:, :, :T]``; logits ``(B, V)`` of the last column."""
         emb, layers, head = W
         B, T = ids.shape
         H, KV, D = self.H, self.KV, self.D
         x = F.embedding(ids, emb)  # (B, T, C)
-        c, s = cos[pos], sin[pos]  # (B, T, NH, D)
+        c, s = cos[pos], sin[pos]  # (B, T, H+KV, D)
         eye = torch.eye(T, dtype=torch.bool)
         mask = ((torch.ones(T, T, dtype=torch.bool).tril() & keymask[:, None, :]) | eye)[:, None]  # (B, 1, T, T)
         for (w, b, wo, bo, wgu, wd), kv in zip(layers, cache):
             h = self._norm(x)
-            y = F.linear(h, w, b).view(B, T, 2, self.NH, D)
-            r = torch.addcmul(y[:, :, 0] * c, y[:, :, 1], s).transpose(1, 2)  # (B, NH, T, D)
-            q, k, v = r[:, :H], r[:, H : H + KV], r[:, H + KV :]
+            y = F.linear(h, w, b).view(B, T, self.NH, D)
+            r = self._qk(y, c, s).transpose(1, 2)  # (B, H+KV, T, D)
+            q, k, v = r[:, :H], r[:, H:], y[:, :, H + KV : H + 2 * KV].transpose(1, 2)
             kc, vc = kv
-            kc[:, :, :, :T], vc[:, :, :T] = k.transpose(2, 3), v
+            kc[:, :, :T], vc[:, :, :T] = k, v
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0, enable_gqa=KV != H)
             x = x + F.linear(o.transpose(1, 2).reshape(B, T, H * D), wo.t(), bo)
             x = x + self._act(x, wgu) @ wd
@@ -202,7 +200,7 @@ class FastDecoder:
 
     def _decode(self, W, tok, c, s, cache, col, spans, kbias):
         """One token per row: ``tok (B,)`` written at each row's cache column ``col (B,)``, rope
-        ``c, s (B, NH, D)``; ``kbias (B*KV, 1, T)`` is the additive key mask (0 on a row's valid
+        ``c, s (B, H+KV, D)``; ``kbias (B*KV, 1, T)`` is the additive key mask (0 on a row's valid
         columns, -inf elsewhere; this token's column is opened here). Attention runs per span
         ``(a, b, n)`` of rows ``a..b-1`` over their first ``n`` columns (see :func:`_spans`).
         Returns logits ``(B, V)``."""
@@ -215,14 +213,14 @@ class FastDecoder:
         x = F.embedding(tok, emb)  # (B, C)
         for (w, b, wo, bo, wgu, wd), kv in zip(layers, cache):
             h = self._norm(x)
-            y = F.linear(h, w, b).view(B, 2, self.NH, D)
-            r = torch.addcmul(y[:, 0] * c, y[:, 1], s)  # (B, NH, D)
-            kc, vc = kv  # (B, KV, D, T), (B, KV, T, D)
-            kc[rows, :, :, col], vc[rows, :, col] = r[:, H : H + KV], r[:, H + KV :]
+            y = F.linear(h, w, b).view(B, self.NH, D)
+            r = self._qk(y, c, s)  # (B, H+KV, D)
+            kc, vc = kv  # (B, KV, T, D) each
+            kc[rows, :, col], vc[rows, :, col] = r[:, H:], y[:, H + KV : H + 2 * KV]
             q = r[:, :H].reshape(B * KV, G, D)
             parts = []
             for a, b_, n in spans:  # rows of similar length together: a short row does not scan a long row's columns
-                att = torch.baddbmm(kbias[a * KV : b_ * KV, :, :n], q[a * KV : b_ * KV], kc[a:b_, :, :, :n].flatten(0, 1))
+                att = torch.baddbmm(kbias[a * KV : b_ * KV, :, :n], q[a * KV : b_ * KV], kc[a:b_, :, :n].flatten(0, 1).transpose(1, 2))
                 parts.append(torch.bmm(att.softmax(-1), vc[a:b_, :, :n].flatten(0, 1)))  # (rows*KV, G, D)
             o = (parts[0] if len(parts) == 1 else torch.cat(parts)).view(B, H * D)
             x = torch.addmm(x, o, wo) if bo is None else torch.addmm(x + bo, o, wo)
@@ -262,7 +260,7 @@ class FastDecoder:
             for i, j in enumerate(bucket):
                 ids[i, w - len(ctxs[j]):] = torch.tensor(ctxs[j], dtype=torch.long)
                 keymask[i, w - len(ctxs[j]):] = True
-            tmp = [(torch.empty(len(bucket), self.KV, self.D, w), torch.empty(len(bucket), self.KV, w, self.D)) for _ in cache]
+            tmp = [(torch.empty(len(bucket), self.KV, w, self.D), torch.empty(len(bucket), self.KV, w, self.D)) for _ in cache]
             upos = (keymask.long().cumsum(-1) - 1).clamp(min=0)
             ulogits = self._prefill(W, ids, upos, keymask, cos, sin, tmp)
             slot = torch.full((len(ctxs),), -1, dtype=torch.long)
@@ -270,7 +268,7 @@ class FastDecoder:
             mine = (slot[inv_t] >= 0).nonzero().squeeze(1)  # requests of this bucket
             src, dst = slot[inv_t[mine]], rows[mine]
             for (kc, vc), (tk, tv) in zip(cache, tmp):
-                kc[dst, :, :, :w], vc[dst, :, :w] = tk[src], tv[src]
+                kc[dst, :, :w], vc[dst, :, :w] = tk[src], tv[src]
             kb[dst] = float("-inf")
             kb[dst, :, 0, :w] = torch.where(keymask[src], 0.0, float("-inf"))[:, None]
             logits[mine], pos[mine], col[mine] = ulogits[src], upos[src, -1], w - 1
@@ -309,7 +307,7 @@ class FastDecoder:
         W = self._weights()
         cos, sin = self._rope(tcap)
         # zeros, not empty: a row reads columns it never wrote (masked, weight 0, but 0 * NaN = NaN)
-        cache = [(torch.zeros(S, self.KV, self.D, tcap), torch.zeros(S, self.KV, tcap, self.D)) for _ in W[1]]
+        cache = [(torch.zeros(S, self.KV, tcap, self.D), torch.zeros(S, self.KV, tcap, self.D)) for _ in W[1]]
         kbias = torch.full((S * self.KV, 1, tcap), float("-inf"))
         tracker = None if params.repeat is None else RepeatTracker(params.repeat, prefixes or [()] * b)
         repeated, stopped_by = set(), set()
