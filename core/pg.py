@@ -274,8 +274,9 @@ def truncated_is_weights(prox_logp: torch.Tensor, behaviour_logp: torch.Tensor, 
     (``rollout_is_threshold: 2.0``, token level, truncate mode). μ is what the engine recorded,
     the log-prob of the *sampling* distribution: at ``generation.temperature != 1`` or
     ``top_p != 1`` that is the scaled / truncated distribution while π_θi is the trainer's
-    unscaled forward, so the ratio would mix staleness with the temperature; the losses refuse
-    ``truncated_is`` there (:func:`check_truncated_is_sampling`).
+    unscaled forward, so the ratio would mix staleness with the temperature (it would not be 1
+    even for a current token); the losses refuse ``truncated_is`` there once a batch holds stale
+    tokens in the loss (:func:`check_truncated_is_sampling`).
 
     :param prox_logp: ``(N, T-1)`` log π_θi of each target (detached: the prepare forward at the
         iteration's start weights, or the loss's own forward in a single-step update).
@@ -295,7 +296,9 @@ def truncated_is_weights(prox_logp: torch.Tensor, behaviour_logp: torch.Tensor, 
 
 
 def check_truncated_is_sampling(ctx) -> None:
-    """Refuse ``stale: truncated_is`` when the behaviour log-probs are not of π itself.
+    """Refuse ``stale: truncated_is`` when the behaviour log-probs are not of π itself; the losses
+    call it in ``rz_prepare_update`` when the batch holds stale tokens in the loss (a run with none,
+    e.g. synchronous rollouts, may sample at any temperature).
 
     :raises ValueError: ``generation.temperature != 1`` or ``generation.top_p != 1`` (one line
         naming both keys and the alternatives).
