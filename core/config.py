@@ -147,6 +147,14 @@ def _check_combinations(rc: RunConfig, selected: dict) -> None:
         names = ", ".join(f"{g}={selected[g][0].name}" for g in ("engine", "launcher") if g in selected)
         raise PluginError(f"max_staleness={rc.max_staleness}: asynchronous rollouts need an engine with its own copy of the "
                           f"weights (launcher=ray, or engine=vllm); {names} generates from the weights being trained")
+    stale_from = [x for x, on in ((f"max_staleness={rc.max_staleness}", rc.max_staleness > 0),
+                                  ("rollout=partial", "rollout" in selected and selected["rollout"][0].name == "partial")) if on]
+    if stale_from and "loss" in selected and getattr(selected["loss"][1], "stale", None) == "truncated_is" and (
+            rc.generation.temperature != 1.0 or rc.generation.top_p != 1.0):
+        raise PluginError(f"loss.stale=truncated_is with generation.temperature={rc.generation.temperature:g} / top_p="
+                          f"{rc.generation.top_p:g}: the engine's log-probs are of the scaled distribution, so the "
+                          f"stale tokens of {' and '.join(stale_from)} get no valid weight; sample at temperature=1 "
+                          "top_p=1 or choose loss.stale=ignore or exclude")
     if "reward" in selected and "task" in selected:
         (rinfo, _), (tinfo, _) = selected["reward"], selected["task"]
         required = tuple(getattr(rinfo.cls, "problem_fields_required", ()))

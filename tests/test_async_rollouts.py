@@ -110,3 +110,11 @@ def test_refused_where_the_engine_generates_from_the_trained_weights():
         validate(compose(["max_staleness=1"]))
     with pytest.raises(PluginError, match="max_staleness"):
         validate(compose(["max_staleness=2"]))
+
+
+def test_truncated_is_at_another_temperature_is_refused_before_work():
+    with pytest.raises(PluginError, match=r"^loss.stale=truncated_is with generation.temperature=0.7 / top_p=1: .*"
+                                          r"stale tokens of rollout=partial get no valid weight"):
+        validate(compose(["rollout=partial", "generation.temperature=0.7", "loss.stale=truncated_is"]))
+    validate(compose(["rollout=partial", "generation.temperature=0.7", "loss.stale=ignore"]))
+    validate(compose(["generation.temperature=0.7", "loss.stale=truncated_is"]))  # synchronous: no stale token

@@ -21,8 +21,9 @@ that does not fit is not started (``rollout/problems_skipped``; the sampler draw
 
 A response ends STOP (EOS / stop string), REPEAT (repeat detection, ``generation.repeat_*``) or
 LENGTH (``generation.max_new_tokens`` reached in total); one cut only by ``segment_tokens`` stays
-PENDING. Every call's new tokens form a ``Segment(start, end, policy_version)``; the k1.5 loss can
-leave older segments out (``loss.exclude_stale_segments``). A group is returned (scored, trained
+PENDING. Every call's new tokens form a ``Segment(start, end, policy_version)`` (the version the
+engine served); every loss says how it treats the older ones (``loss.stale``: ``truncated_is``,
+``ignore`` or ``exclude``; docs/losses.md). A group is returned (scored, trained
 on) only once all k responses have ended; the rest stay in the buffer, which is saved with every
 checkpoint (``rz_checkpoint_state``), so a resumed run loses no in-flight response.
 
