@@ -135,3 +135,47 @@ def test_third_party_plugin_in_every_actor(cluster, tiny, tmp_path):
     recs = _run(tiny, tmp_path / "t", "sampler=hard_first", "launcher=ray", "launcher.engines=2",
                 "launcher.trainer_ranks=2", *SMALL)
     assert len(recs) == 4 and recs[-1]["train/ranks"] == 2.0
+
+
+REWARDS = ["launcher=ray", "launcher.engines=1", "launcher.reward_workers=2", "launcher.reward_cpus=0.25",
+           "launcher.weight_sync=broadcast", *SMALL]
+
+
+def _no_ray(recs):
+    return [{k: v for k, v in r.items() if not k.startswith("ray/")} for r in recs]
+
+
+def test_reward_workers_and_broadcast_give_the_local_metrics_and_survive_a_killed_reward_actor(cluster, tiny, tmp_path,
+                                                                                                  monkeypatch):
+    """One engine actor (the local tokens exactly), weights by broadcast, rewards from 2 reward
+    actors: every metric equals launcher=local (reward/timeouts, reward/truncated, ... computed by
+    the driver from the actors' results). Then reward actor 0 killed while iteration 2 trains: Ray
+    restarts it, the next iteration's chunk is resent, and every metric but ray/* is unchanged."""
+    from reasonzoo import ray_engines
+
+    local = _run(tiny, tmp_path / "local")
+    placed = _run(tiny, tmp_path / "ray", *REWARDS)
+    assert _no_ray(placed) == local
+    assert {k: v for k, v in placed[-1].items() if k.startswith("ray/")} == {
+        "ray/engine_restarts": 0.0, "ray/engine_retries": 0.0, "ray/weight_sync_fallbacks": 0.0,
+        "ray/reward_restarts": 0.0, "ray/reward_retries": 0.0}
+    assert "reward/timeouts" in placed[-1] and "reward/truncated" in placed[-1]
+
+    made = []
+    real_init, real_update = ray_engines.RayRewardGroup.__init__, trainer_mod.update
+
+    def init(self, *a, **kw):
+        made.append(self)
+        real_init(self, *a, **kw)
+
+    def update(ctx, batch, rc):
+        if ctx.iteration == 2:
+            ray.kill(made[-1].actors[0], no_restart=False)
+        return real_update(ctx, batch, rc)
+
+    monkeypatch.setattr(ray_engines.RayRewardGroup, "__init__", init)
+    monkeypatch.setattr(trainer_mod, "update", update)
+    killed = _run(tiny, tmp_path / "killed", *REWARDS)
+    assert _no_ray(killed) == local
+    assert killed[-1]["ray/reward_restarts"] == 1 and killed[-1]["ray/reward_retries"] in (0.0, 1.0)
+    assert killed[-1]["ray/engine_restarts"] == 0
