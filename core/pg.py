@@ -268,7 +268,7 @@ def truncated_is_weights(prox_logp: torch.Tensor, behaviour_logp: torch.Tensor, 
 
     The weight moves a token sampled by an older behaviour policy μ onto the policy the update's
     expectation is over, π_θi (the iterate the update starts from): AReaL's decoupled PPO
-    objective (Fu et al. 2025, arXiv 2505.24298, §5.2, eq. 5), whose behaviour-to-proximal ratio
+    objective (Fu et al. 2025, arXiv 2505.24298; its decoupled PPO objective), whose behaviour-to-proximal ratio
     π_prox/π_behav is this w with π_prox = π_θi, here truncated at C as IMPALA's ρ̄ (Espeholt et
     al. 2018, arXiv 1802.01561, eq. 1: ρ_t = min(ρ̄, π/μ)) and as verl's truncated rollout IS
     (``rollout_is_threshold: 2.0``, token level, truncate mode). μ is what the engine recorded,

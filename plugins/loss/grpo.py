@@ -41,7 +41,7 @@ Implementation details:
 - Samples from an older policy (``stale``, as in every policy-gradient loss,
   :class:`reasonzoo.pg.PolicyGradientLoss`): ``truncated_is`` (default) multiplies each stale
   token's clipped-surrogate term by w = min(π_θi/μ, ``stale_is_cap`` = 2), μ the engine's
-  behaviour log-prob: AReaL's decoupled PPO objective (arXiv 2505.24298, §5.2, eq. 5; π_prox =
+  behaviour log-prob: AReaL's decoupled PPO objective (arXiv 2505.24298; π_prox =
   π_θi, the clip's centre) with the weight truncated (IMPALA's ρ̄; verl's truncated IS);
   ``exclude`` leaves stale tokens out (of the KL term too); ``ignore`` treats them as π_θi's.
   The KL term is not weighted. With no stale token all three are the same loss.

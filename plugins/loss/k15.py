@@ -50,7 +50,7 @@ Implementation details:
     of exactly 1 (μ = π_θi for them) and are left out of the sum, so a row without stale tokens
     has w = 1 bitwise. Truncated as IMPALA's ρ̄ (Espeholt et al. 2018, eq. 1) and verl's
     truncated IS (C = 2.0); the decoupled objective of AReaL (Fu et al. 2025, arXiv 2505.24298,
-    §5.2, eq. 5) with π_θi as its proximal policy. π_θi is the trainer's forward at θ_i (the
+    its decoupled PPO objective) with π_θi as its proximal policy. π_θi is the trainer's forward at θ_i (the
     prepare forward, or the loss's own in a single-step update), μ the engine's
     ``behaviour_logprobs``. The group baseline stays the unweighted mean of the group's returns.
     Refused at ``generation.temperature != 1`` or ``top_p != 1`` once a batch holds stale

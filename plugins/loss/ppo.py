@@ -39,7 +39,7 @@ Options, each one config key:
   log-probs where they are π_θold's, :func:`reasonzoo.pg.behaviour_is_current`, instead of a
   forward). V_old always comes from the critic's own no-grad forward: the engine has no values.
 - Samples from an older policy (``stale``): ``truncated_is`` (default) weights each stale token's
-  surrogate term by min(π_θi/μ, C) (AReaL's decoupled PPO, arXiv 2505.24298 §5.2 eq. 5, with
+  surrogate term by min(π_θi/μ, C) (AReaL's decoupled PPO, arXiv 2505.24298, with
   π_prox = π_θi, truncated as IMPALA's ρ̄); the value loss is not weighted (its targets R are
   the GAE returns of the data as collected). ``exclude`` takes stale tokens out of the
   surrogate and the value loss (GAE still runs over the whole response); ``ignore`` treats

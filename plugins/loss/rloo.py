@@ -22,7 +22,7 @@ Implementation details:
 - Samples from an older policy (``stale``; :class:`reasonzoo.pg.PolicyGradientLoss`):
   ``truncated_is`` (default) multiplies each stale token's −ρ·A term by w = min(π_θi/μ, C),
   C = ``stale_is_cap`` (2): a per-token truncated importance weight (IMPALA's ρ̄, Espeholt et al.
-  2018 eq. 1; verl's truncated IS; AReaL's decoupled objective, arXiv 2505.24298 §5.2 eq. 5,
+  2018 eq. 1; verl's truncated IS; AReaL's decoupled objective, arXiv 2505.24298,
   without its clip); ``exclude`` leaves them out of the sequence log-prob; ``ignore`` treats them
   as π_θi's. Per-token rather than the sequence ratio Π_t w_t, whose variance grows with the
   stale segment's length; the truncation bounds each factor (verl's token-level default).
