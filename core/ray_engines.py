@@ -227,10 +227,6 @@ class EngineActor(PluginActor):
         self.weight_group = weight_group(backend, host, port, rank, world, timeout_s)
         return self.where()
 
-    def leave_weight_group(self) -> None:
-        """Drop this actor's place in the broadcast group (the group fell back to the object store)."""
-        self.weight_group = None
-
     def receive_weights(self, version: int, layout: Sequence[tuple[torch.dtype, Sequence[tuple[str, tuple[int, ...]]]]]
                         ) -> dict[str, Any]:
         """Receive the weights broadcast by rank 0 (:meth:`RayEngineGroup.sync_weights` under
@@ -252,7 +248,7 @@ class EngineActor(PluginActor):
                 all(n in state and state[n].dtype == dtype for n, _ in entries)]
         if [(d, [(n, tuple(s)) for n, s in e]) for d, e in layout] != mine or sum(len(e) for _, e in layout) != len(state):
             raise ValueError(f"engine actor {self.index}: the broadcast weights' layout is not this policy's state_dict")
-        device = next(iter(state.values())).device if self.weight_group.backend == "nccl" else torch.device("cpu")
+        device = _device(self.weight_group.backend)
         got = torch.zeros(1, dtype=torch.int64, device=device)
         self.weight_group.broadcast(got)
         if int(got) != int(version):
@@ -386,7 +382,8 @@ class WeightGroup:
     trainer, ranks 1..N: the engine actors), made from a ``TCPStore`` at its own address and a
     backend object (``ProcessGroupGloo`` / ``ProcessGroupNCCL``) rather than
     ``init_process_group``: the default group stays the trainer ranks' (another address, other
-    members), and neither sees the other's collectives.
+    members), and neither sees the other's collectives. With nccl every member needs a GPU of its
+    own (NCCL refuses two ranks on one device): the trainer's beside the engine actors'.
 
     :ivar backend: ``"gloo"`` or ``"nccl"``.
     """
@@ -417,6 +414,11 @@ class WeightGroup:
         except Exception:  # noqa: BLE001 - gloo may have no abort; dropped below all the same
             pass
         self.pg = self.store = None
+
+
+def _device(backend: str) -> torch.device:
+    """Where a broadcast's buffers live: this process's current GPU for nccl, else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
 
 
 def weight_group(backend: str, host: str, port: int, rank: int, world: int, timeout_s: float) -> WeightGroup:
@@ -731,8 +733,7 @@ class RayEngineGroup(ActorPool):
         version = int(self.ctx.policy_version)
         state = self.ctx.policy.model.state_dict()
         if self.weight_sync == "broadcast":
-            device = next(iter(state.values())).device if self._group.backend == "nccl" else torch.device("cpu")
-            self._snapshot = flatten_state(state, device)
+            self._snapshot = flatten_state(state, _device(self._group.backend))
             self._version = version
             try:
                 self._broadcast(version)
@@ -830,8 +831,6 @@ class RayEngineGroup(ActorPool):
         if self._group is not None:
             self._group.close()
             self._group = None
-        for a in self.actors:  # fire and forget: a live actor drops its place (after any receive it is in)
-            a.leave_weight_group.remote()
         if self._snapshot is not None:
             layout, buffers = self._snapshot
             self._ref = _ray().put(pack_state(unflatten_state(layout, [b.cpu() for b in buffers])))

@@ -1,8 +1,11 @@
 """Rollout engines in Ray actors (reasonzoo.ray_engines): one actor gives the local engine's
 tokens exactly, two keep request order and are deterministic, weights and versions reach the
 actors, killed or crashed actors are restarted and their calls resent with the same result, and
-entry-point plugins are rebuilt in the actor. One local Ray cluster (2 CPUs) for the module,
-three groups (1 + 2 + 1 actors) reused across tests."""
+entry-point plugins are rebuilt in the actor; under weight_sync=broadcast the weights and the
+version reach the actors through a process group of their own (the trainer's default group
+untouched), and a restarted actor makes the group fall back to the object store with the right
+weights. One local Ray cluster (2 CPUs) for the module, three groups (1 + 2 + 1 actors) reused
+across tests, and a fresh 2-actor broadcast group per broadcast test."""
 import importlib
 import os
 import subprocess

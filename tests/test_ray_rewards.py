@@ -6,6 +6,7 @@ used up name the actor; every built-in reward plugin reports its metrics from th
 (what makes them survive the trip from the actors). One local Ray cluster (2 CPUs) for the module."""
 import importlib
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -32,6 +33,7 @@ RUNAWAY = "#" + "a" * 30 + "!"
 #: kills its own process inside rz_reward while ``crash_file`` exists (removing it first).
 CRASH_PLUGIN = '''
 import os
+import re
 from dataclasses import dataclass
 
 from reasonzoo import hookimpl, plugin
@@ -262,3 +264,19 @@ def test_reward_plugins_report_metrics_from_the_groups(tiny, tmp_path):
                 p.rz_run_end(ctx, {})
     # reward/reasoning_gym reports through WorkerReward's rz_iteration_end (reward_metrics of the groups)
     assert ReasoningGymReward.rz_iteration_end is WorkerReward.rz_iteration_end
+
+
+@pytest.mark.parametrize("override, message", [
+    ("launcher.reward_workers=-1", "launcher.reward_workers=-1: out of range; allowed: >= 0"),
+    ("launcher.reward_cpus=0", "launcher.reward_cpus=0.0: out of range; allowed: > 0"),
+    ("launcher.start_timeout_s=0", "launcher.start_timeout_s=0.0: out of range; allowed: > 0"),
+    ("launcher.weight_sync=nccl", "launcher.weight_sync='nccl': allowed values are object_store, broadcast"),
+])
+def test_launcher_keys_out_of_range_named(override, message):
+    from reasonzoo.config import validate
+    from reasonzoo.registry import PluginError
+
+    cfg = compose(["launcher=ray", override])
+    with pytest.raises(PluginError, match=re.escape(message)):
+        validate(cfg)
+        build_plugins(cfg)
