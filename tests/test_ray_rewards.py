@@ -7,10 +7,8 @@ used up name the actor; every built-in reward plugin reports its metrics from th
 import importlib
 import os
 import re
-import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 

@@ -56,10 +56,11 @@ class RayLauncherConfig:
     backend: str = "auto"  #: torch.distributed backend of the gradients: auto (nccl with GPUs, else gloo), gloo, nccl
     reward_workers: int = ranged(0, ge=0)  #: reward actors; 0: rewards computed in this process
     reward_cpus: float = ranged(1.0, gt=0)  #: CPUs reserved per reward actor
-    weight_sync: str = "object_store"  #: how weights reach the engine actors: object_store, or broadcast (a process group of the trainer and the engine actors)
+    #: how weights reach the engine actors: object_store, or broadcast (a process group of this process and the engine actors)
+    weight_sync: str = "object_store"
     max_restarts: int = ranged(3, ge=0)  #: restarts of a dead engine or reward actor before the run fails
     max_task_retries: int = ranged(3, ge=0)  #: retries of an engine or reward call whose actor died
-    start_timeout_s: float = ranged(600.0, gt=0)  #: longest wait for an actor to start, or to come back after dying
+    start_timeout_s: float = ranged(600.0, gt=0)  #: longest wait for an actor to start or to come back after dying
     timeout_s: float = ranged(86400.0, gt=0)  #: longest wait of a trainer rank for rank 0 (its rollouts, rewards, evaluation, warm-up)
 
 
