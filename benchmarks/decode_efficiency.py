@@ -40,6 +40,7 @@ and attention scores left out) for decode; 6 N per trained token for training; t
     OMP_NUM_THREADS=1 python benchmarks/decode_efficiency.py --run decode [--baseline /tmp/fastdecode_old.py]
     OMP_NUM_THREADS=1 python benchmarks/decode_efficiency.py --run compile_decode --size tiny
     OMP_NUM_THREADS=1 python benchmarks/decode_efficiency.py --run compile_train --size tiny
+    python benchmarks/decode_efficiency.py --table   # the README table of results/decode_efficiency.json
 """
 from __future__ import annotations
 
@@ -266,9 +267,31 @@ def run_compile_train(args, peak: float) -> dict:
             "max_new_tokens": args.max_new, "load_average_1min_per_round": stats(loads), "results": [row]}
 
 
+def markdown(doc: dict) -> str:
+    """The ``benchmarks/README.md`` table of a results file: one line per (run, workload, arm);
+    seconds per call and speed ratios as median (min-max); fractions of peak at the median."""
+    lines = ["| run | model | new tokens | workload | arm | s/call | % of peak wall / CPU time | speed-up | warm-up s | payback calls | recompiles | load (1 min) |",
+             "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for key, run in doc["runs"].items():
+        for r in run["results"]:
+            for k in (a for a in ("baseline", "eager", "compiled") if a in r):
+                ratio = {"compiled": r.get("compiled_speedup"), "eager": r.get("eager_speedup_over_baseline")}.get(k)
+                comp = ["", "", ""]
+                if k == "compiled":
+                    comp = [f"{r['warmup_s']:.1f}", "never" if r["payback_calls"] is None else f"{r['payback_calls']:.0f}",
+                            str(r.get("recompiles", r.get("recompiles_in_timed_rounds")))]
+                cells = [key.split("/")[0], f"{run['size']} ({run['params'] / 1e6:.2f}M)", str(run["max_new_tokens"]),
+                         r.get("workload", "train fwd+bwd"), k, fmt(r[k]["seconds"], ".3f"),
+                         f"{100 * r[k]['fraction_of_peak']:.1f} / {100 * r[k]['fraction_of_peak_cpu_time']:.1f}",
+                         f"{fmt(ratio)}x" if ratio else "", *comp, fmt(run["load_average_1min_per_round"], ".1f")]
+                lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", choices=["decode", "compile_decode", "compile_train"], required=True)
+    ap.add_argument("--table", action="store_true", help="only print the README table of the results file (--out)")
+    ap.add_argument("--run", choices=["decode", "compile_decode", "compile_train"])
     ap.add_argument("--size", choices=sorted(SIZES), default="12.9M")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--max-new", type=int, default=128)
@@ -277,6 +300,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=str(RESULTS))
     a = ap.parse_args()
+    if a.table:
+        print(markdown(json.loads(Path(a.out).read_text())))
+        return
+    if a.run is None:
+        ap.error("--run is required (decode, compile_decode or compile_train), or --table")
     if a.repeats < 5:
         ap.error(f"--repeats={a.repeats}: the benchmark rules ask for at least 5")
     if a.batch < 8 or a.batch % 8:
