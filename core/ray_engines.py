@@ -83,7 +83,7 @@ from .types import Generation, GenerationRequest, SamplingParams
 
 __all__ = ["ActorGroupError", "ActorPool", "EngineActor", "EngineActorError", "PluginActor", "RayEngineGroup", "RayRewardGroup",
            "RewardActor", "RewardActorError", "WeightGroup", "flatten_state", "pack_state", "remote_engine_actor",
-           "remote_reward_actor", "unflatten_state", "unpack_state", "weight_group"]
+           "remote_reward_actor", "state_layout", "unflatten_state", "unpack_state", "weight_group"]
 
 log = logging.getLogger("reasonzoo")
 
@@ -244,9 +244,7 @@ class EngineActor(PluginActor):
         if self.weight_group is None:
             raise RuntimeError(f"engine actor {self.index} is in no weight broadcast group (restarted since it joined)")
         state = self.ctx.policy.model.state_dict()
-        mine = [(dtype, [(n, tuple(state[n].shape)) for n, _ in entries]) for dtype, entries in layout if
-                all(n in state and state[n].dtype == dtype for n, _ in entries)]
-        if [(d, [(n, tuple(s)) for n, s in e]) for d, e in layout] != mine or sum(len(e) for _, e in layout) != len(state):
+        if [(d, [(n, tuple(s)) for n, s in e]) for d, e in layout] != state_layout(state):
             raise ValueError(f"engine actor {self.index}: the broadcast weights' layout is not this policy's state_dict")
         device = _device(self.weight_group.backend)
         got = torch.zeros(1, dtype=torch.int64, device=device)
@@ -357,12 +355,17 @@ def flatten_state(state: Mapping[str, torch.Tensor], device: torch.device | str 
         order within a dtype, dtypes in order of first appearance; ``buffers[j]`` the 1-d
         concatenation of those tensors (``numel`` = the sum of the shapes' products).
     """
+    layout = state_layout(state)
+    buffers = [torch.cat([state[n].detach().reshape(-1) for n, _ in entries]).to(device) for _, entries in layout]
+    return layout, buffers
+
+
+def state_layout(state: Mapping[str, torch.Tensor]) -> list[tuple[torch.dtype, list[tuple[str, tuple[int, ...]]]]]:
+    """:func:`flatten_state`'s layout of ``state``: ``[(dtype, [(name, shape), ...]), ...]``."""
     by_dtype: dict[torch.dtype, list[str]] = {}
     for name, t in state.items():
         by_dtype.setdefault(t.dtype, []).append(name)
-    layout = [(dtype, [(n, tuple(state[n].shape)) for n in names]) for dtype, names in by_dtype.items()]
-    buffers = [torch.cat([state[n].detach().reshape(-1) for n in names]).to(device) for names in by_dtype.values()]
-    return layout, buffers
+    return [(dtype, [(n, tuple(state[n].shape)) for n in names]) for dtype, names in by_dtype.items()]
 
 
 def unflatten_state(layout, buffers: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
