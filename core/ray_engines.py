@@ -278,7 +278,9 @@ class RewardActor(PluginActor):
     actor of): :class:`PluginActor`; scores chunks of groups with the run's ``rz_reward`` hook, so
     a reward's own worker processes (``reasonzoo.rewards.WorkerPool``, the code sandbox pool) run
     where this actor runs. Its ``ctx`` has no policy and no engine; ``ctx.iteration`` and
-    ``ctx.policy_version`` are the trainer's at the call.
+    ``ctx.policy_version`` are the trainer's at the call. Of the run's hooks only ``rz_reward``
+    runs here (and, at :meth:`close`, the scoring plugins' ``rz_run_end``): a reward plugin must
+    set itself up in its constructor or lazily on its first call, as every built-in one does.
 
     :param cfg: as :class:`PluginActor`.
     :param run_dir: as :class:`PluginActor`.
