@@ -34,6 +34,8 @@ class RunContext:
     :ivar data_parallel: the trainer's :class:`reasonzoo.distributed.DataParallel` place (rank,
         world size) when it has several ranks, else ``None``. Only rank 0 runs the loop's other
         hooks; followers run the update-side ones (:mod:`reasonzoo.distributed`).
+    :ivar placement: where the run's parts execute (:class:`reasonzoo.launch.Placement`, from
+        ``rz_place``); ``None`` outside a training run (``reasonzoo eval``).
     """
 
     cfg: DictConfig
@@ -46,6 +48,16 @@ class RunContext:
     optimizer: torch.optim.Optimizer | None = None
     state: dict[str, Any] = field(default_factory=dict)
     data_parallel: Any = None
+    placement: Any = None
+
+    def reward(self, groups):
+        """The run's rewards of ``groups``: one list of :class:`reasonzoo.types.RewardResult` per
+        group, in order. On the placement's reward workers when it has them (``launcher=ray
+        launcher.reward_workers=M``), else ``rz_reward`` in this process. Rollout schedulers,
+        evaluation and searches that score mid-iteration call this rather than the hook."""
+        if self.placement is not None and hasattr(self.placement, "reward"):
+            return self.placement.reward(self, groups)
+        return self.hook.rz_reward(ctx=self, groups=groups)
 
     @property
     def seed(self) -> int:

@@ -178,10 +178,10 @@ def evaluate(ctx, problems: Sequence[Problem], settings: EvalSettings,
              generate: Callable[[Any, Sequence[Problem], EvalSettings], list[RolloutGroup]] | None = None
              ) -> list[ProblemResult]:
     """Generate ``settings.n`` responses per problem (with ``generate``, default
-    :func:`sample_groups`), judge them with the run's ``rz_reward`` hook, and return one
+    :func:`sample_groups`), judge them with the run's rewards (``ctx.reward``: ``rz_reward``), and return one
     :class:`ProblemResult` per problem, in order."""
     groups = (generate or sample_groups)(ctx, problems, settings)
-    rewards = ctx.hook.rz_reward(ctx=ctx, groups=groups)
+    rewards = ctx.reward(groups)  # the placement's reward workers when it has them
     out = []
     for g, rw in zip(groups, rewards):
         out.append(ProblemResult(

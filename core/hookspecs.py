@@ -66,7 +66,9 @@ def rz_place(ctx):
         engine (locally: ``rz_build_engine``), ``start_trainer(ctx)`` starts the trainer's other
         ranks and returns this process's :class:`reasonzoo.distributed.DataParallel` place (or
         ``None`` for one rank), ``metrics()`` gives per-iteration counters (restarts, retries),
-        ``close()`` releases what it started. ``None``: the local placement.
+        ``close()`` releases what it started; optionally ``reward(ctx, groups)`` scores groups
+        (reward workers; ``ctx.reward`` calls it) and ``diagnose()`` names a dead rank or actor.
+        ``None``: the local placement.
 
     Exclusive: stops at first non-None result.
     """

@@ -143,7 +143,7 @@ def rollout_metrics(groups: Sequence[RolloutGroup]) -> dict[str, float]:
     return m
 
 
-def _produce(ctx: RunContext, train_problems: Sequence[Problem], rc: RunConfig, sampling, problems=None, placement=None):
+def _produce(ctx: RunContext, train_problems: Sequence[Problem], rc: RunConfig, sampling, problems=None):
     """One iteration's scored groups: sample problems (unless given), generate, reward (the
     placement's ``reward`` when it has one, e.g. reward actors; else ``rz_reward``), length
     penalty. Returns ``(groups, rollout seconds, reward seconds)``. Asynchronous runs call it on a
@@ -158,7 +158,7 @@ def _produce(ctx: RunContext, train_problems: Sequence[Problem], rc: RunConfig, 
     t_roll = time.perf_counter() - t0
     t0 = time.perf_counter()
     if groups:
-        rewards = placement.reward(ctx, groups) if hasattr(placement, "reward") else hook.rz_reward(ctx=ctx, groups=groups)
+        rewards = ctx.reward(groups)
         groups = [replace(g, rewards=tuple(r)) for g, r in zip(groups, rewards)]
         lens = hook.rz_length_penalty(ctx=ctx, groups=groups)
         groups = [replace(g, length_rewards=tuple(x)) for g, x in zip(groups, lens)]
@@ -397,6 +397,7 @@ def _train_locked(cfg: DictConfig, run_dir: Path, old_log_bytes: int = 0) -> dic
     train_problems, eval_problems = kept["train"], kept["eval"]
     placement = hook.rz_place(ctx=ctx) or LocalPlacement()  # launcher: where the engine and the trainer ranks run
     try:
+        ctx.placement = placement
         ctx.engine = engine = placement.engine(ctx, policy)
         ctx.optimizer = torch.optim.AdamW(  # the policy's group, then the plugins' (a critic's)
             param_groups(policy, hook.rz_trainable_parameters(ctx=ctx, policy=policy)),
@@ -486,7 +487,7 @@ def _train_placed(cfg, rc, run_dir, old_log_bytes, ctx, placement, train_problem
                     hook.rz_iteration_start(ctx=ctx)
                     t0 = time.perf_counter()
                     if pending is None:  # synchronous, or the first iteration of an asynchronous run
-                        groups, t_roll, t_rew = _produce(ctx, train_problems, rc, sampling, placement=placement)
+                        groups, t_roll, t_rew = _produce(ctx, train_problems, rc, sampling)
                     else:
                         groups, t_roll, t_rew = pending[0] if pending[1] is None else pending[1].result()
                         pending = None
@@ -494,7 +495,7 @@ def _train_placed(cfg, rc, run_dir, old_log_bytes, ctx, placement, train_problem
                     if ahead and it < rc.iterations:  # the next iteration's rollouts, from the weights this update starts at
                         nxt = replace(ctx, iteration=it + 1)
                         nxt_problems = hook.rz_sample_problems(ctx=nxt, problems=train_problems, n=rc.prompts_per_iteration)
-                        pending = (None, pool.submit(_produce, nxt, train_problems, rc, sampling, nxt_problems, placement))
+                        pending = (None, pool.submit(_produce, nxt, train_problems, rc, sampling, nxt_problems))
                     t_upd = 0.0
                     record = {"iteration": it, "response/groups": len(groups)}
                     if groups:  # a partial-rollout scheduler may finish no group this iteration: no update then

@@ -89,7 +89,7 @@ class Dynamic:
             pos += len(batch)
             groups = self._generate(ctx, batch, engine, samples_per_problem, sampling,
                                     "rollout" if rounds == 0 else f"rollout/round{rounds}")
-            rewards = ctx.hook.rz_reward(ctx=ctx, groups=groups)
+            rewards = ctx.reward(groups)
             kept += [g for g, r in zip(groups, rewards) if informative(x.score for x in r)]
             generated += len(groups)
             tokens += sum(r.length for g in groups for r in g.rollouts)
