@@ -269,21 +269,27 @@ def run_compile_train(args, peak: float) -> dict:
 
 def markdown(doc: dict) -> str:
     """The ``benchmarks/README.md`` table of a results file: one line per (run, workload, arm);
-    seconds per call and speed ratios as median (min-max); fractions of peak at the median."""
-    lines = ["| run | model | new tokens | workload | arm | s/call | % of peak wall / CPU time | speed-up | warm-up s | payback calls | recompiles | load (1 min) |",
-             "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    seconds per call and per-round speed ratios as median (min-max); fractions of peak at the
+    median; "speed-up, CPU time": the ratio of the two arms' median CPU seconds."""
+    lines = ["| run | model | batch x new tokens | workload | arm | s/call | % of peak wall / CPU time | speed-up | "
+             "speed-up, CPU time | warm-up s | payback calls | recompiles | load (1 min) |",
+             "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for key, run in doc["runs"].items():
         for r in run["results"]:
             for k in (a for a in ("baseline", "eager", "compiled") if a in r):
                 ratio = {"compiled": r.get("compiled_speedup"), "eager": r.get("eager_speedup_over_baseline")}.get(k)
+                ref = {"compiled": "eager", "eager": "baseline"}.get(k)
+                cpu = (f"{r[ref]['cpu_seconds']['median'] / r[k]['cpu_seconds']['median']:.2f}x" if ref in r else "")
                 comp = ["", "", ""]
                 if k == "compiled":
                     comp = [f"{r['warmup_s']:.1f}", "never" if r["payback_calls"] is None else f"{r['payback_calls']:.0f}",
                             str(r.get("recompiles", r.get("recompiles_in_timed_rounds")))]
-                cells = [key.split("/")[0], f"{run['size']} ({run['params'] / 1e6:.2f}M)", str(run["max_new_tokens"]),
+                batch = run["batch"] if isinstance(run["batch"], int) else 64
+                cells = [key.split("/")[0] + (" (rerun)" if key.endswith("/rerun") else ""),
+                         f"{run['size']} ({run['params'] / 1e6:.2f}M)", f"{batch} x {run['max_new_tokens']}",
                          r.get("workload", "train fwd+bwd"), k, fmt(r[k]["seconds"], ".3f"),
                          f"{100 * r[k]['fraction_of_peak']:.1f} / {100 * r[k]['fraction_of_peak_cpu_time']:.1f}",
-                         f"{fmt(ratio)}x" if ratio else "", *comp, fmt(run["load_average_1min_per_round"], ".1f")]
+                         f"{fmt(ratio)}x" if ratio else "", cpu, *comp, fmt(run["load_average_1min_per_round"], ".1f")]
                 lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
