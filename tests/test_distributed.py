@@ -96,7 +96,7 @@ def test_two_ranks_give_the_one_process_gradient(make_ctx, tiny_policy, tmp_path
         for a, b in zip(one, deltas):
             torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
         assert metrics["loss/total"] == pytest.approx(metrics1["loss/total"], abs=1e-6)
-        assert set(metrics) == set(metrics1)
+        assert set(metrics) == set(metrics1) | {"train/ranks"} and metrics["train/ranks"] == 2.0
     for a, b in zip(ranks[0][0], ranks[1][0]):  # and the ranks agree exactly with each other
         assert torch.equal(a, b)
 

@@ -55,7 +55,7 @@ def test_sft_warmup_learns_and_caches(make_ctx, tiny_policy):
         SFTWarmup(SFTConfig(mix=[0.0, 0.0]))
 
 
-def test_sft_warmups_started_together_train_once_and_share_the_cache(make_ctx, tiny_policy, monkeypatch):
+def test_sft_warmups_started_together_train_once_and_share_the_cache(make_ctx, tiny_policy, monkeypatch, tmp_path):
     """Two runs needing the same warm-up at once (a sweep's two parallel jobs; two runs started in
     one folder, where the second's rename into the cache failed in CI): the first trains, the other
     waits on the key's lock and loads its result; the finished cache is never removed."""
@@ -63,7 +63,7 @@ def test_sft_warmups_started_together_train_once_and_share_the_cache(make_ctx, t
     import threading
     import time
 
-    ctx = make_ctx()
+    ctx = make_ctx([f"cache_dir={tmp_path / 'cache'}"])  # its own cache: this test's policy is not the config's model
     problems = ModArith(ModArithConfig(min_steps=2, max_steps=2, train_size=50, eval_per_difficulty=5)).rz_load_problems(ctx, "train")
     sft = SFTWarmup(SFTConfig(steps=2, batch_size=4))
     trained = []
