@@ -285,7 +285,9 @@ def markdown(doc: dict) -> str:
                     comp = [f"{r['warmup_s']:.1f}", "never" if r["payback_calls"] is None else f"{r['payback_calls']:.0f}",
                             str(r.get("recompiles", r.get("recompiles_in_timed_rounds")))]
                 batch = run["batch"] if isinstance(run["batch"], int) else 64
-                cells = [key.split("/")[0] + (" (rerun)" if key.endswith("/rerun") else ""),
+                run_name, label = key.split("/")[0], key.split("/")[2:]  # <run>/<size>[/<workloads>][/<label>]
+                label = [x for x in label if x not in ("shared", "distinct", "shared+distinct")]
+                cells = [run_name + (f" ({label[0]})" if label else ""),
                          f"{run['size']} ({run['params'] / 1e6:.2f}M)", f"{batch} x {run['max_new_tokens']}",
                          r.get("workload", "train fwd+bwd"), k, fmt(r[k]["seconds"], ".3f"),
                          f"{100 * r[k]['fraction_of_peak']:.1f} / {100 * r[k]['fraction_of_peak_cpu_time']:.1f}",

@@ -124,7 +124,14 @@ def _spans(cols: Sequence[int], alive: Sequence[bool], most: int = 4, min_rows: 
 class FastDecoder:
     """Batched KV-cached sampling for one Llama/Qwen2 module (see the module docstring)."""
 
-    def __init__(self, model, compact_at: float = 0.25):
+    def __init__(self, model, compact_at: float = 0.25, compile: bool = False):
+        """``compile``: run the decode step through ``torch.compile(dynamic=True)`` (the same
+        tokens; log-probs within float rounding, ``tests/test_compile_paths.py``). Off by default:
+        on the CPU it gains ~1.2x per decode step on the default tiny model (~1.04x at 12.9M
+        parameters) for 10-22 s of compilation per process when every row has the same length,
+        and ~3.5 CPU-minutes when lengths vary (one graph per number of attention spans, 8 in
+        all), i.e. it is repaid after ~100-700 ``generate`` calls of 64-128 rows
+        (``benchmarks/README.md``, ``decode_efficiency.py`` section): long runs only."""
         c = model.config
         self.model, self.compact_at = model, compact_at
         self.H, self.KV = c.num_attention_heads, c.num_key_value_heads
@@ -134,6 +141,8 @@ class FastDecoder:
         #: counters of the last :meth:`generate` call: decode steps, admissions (prefill rounds),
         #: prefill forwards (buckets), rows decoded (sum over steps of the batch size)
         self.stats: dict[str, int] = {}
+        if compile:  # an instance attribute shadows the method; the graph is built at the first call
+            self._decode = torch.compile(self._decode, dynamic=True)
 
     # ---- weights and tables, rebuilt from the live module at every call ----
     def _weights(self):

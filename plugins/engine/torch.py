@@ -55,6 +55,10 @@ class TorchEngineConfig:
     max_batch: int = 256  #: rows decoded together (fast path: continuous batching; HF path: chunks)
     fast: bool = True  #: lean decode path for Llama/Qwen2 (reasonzoo.fastdecode); false = HF forward
     compact_at: float = 0.25  #: fast path: refill (or drop) finished rows once this fraction of the batch is free
+    #: fast path: torch.compile the decode step (off: ~1.2x per step on the tiny model for 10 s to
+    #: ~3.5 min of compilation per process; pays in runs of more than ~100-700 iterations;
+    #: benchmarks/README.md, decode_efficiency.py)
+    compile: bool = False
 
 
 class TorchEngine:
@@ -66,7 +70,7 @@ class TorchEngine:
         if cfg.fast:
             why = unsupported(policy.model)
             if why is None:
-                self.fast = FastDecoder(policy.model, compact_at=cfg.compact_at)
+                self.fast = FastDecoder(policy.model, compact_at=cfg.compact_at, compile=cfg.compile)
             else:
                 log.info("engine/torch: fast path off (%s); using the Hugging Face forward", why)
 
@@ -169,6 +173,8 @@ class TorchEnginePlugin:
             raise ValueError(f"engine.max_batch={cfg.max_batch}: must be >= 1")
         if not 0 < cfg.compact_at <= 1:
             raise ValueError(f"engine.compact_at={cfg.compact_at}: must be in (0, 1]")
+        if not isinstance(cfg.compile, bool):
+            raise ValueError(f"engine.compile={cfg.compile!r}: must be true or false")
         self.cfg = cfg
 
     @hookimpl
