@@ -130,7 +130,7 @@ class FastDecoder:
         on the CPU it gains ~1.2x per decode step on the default tiny model (~1.04x at 12.9M
         parameters) for 10-22 s of compilation per process when every row has the same length,
         and ~3.5 CPU-minutes when lengths vary (one graph per number of attention spans, 8 in
-        all), i.e. it is repaid after ~100-700 ``generate`` calls of 64-128 rows
+        all), i.e. it is repaid after ~100-1200 ``generate`` calls of 64-128 rows
         (``benchmarks/README.md``, ``decode_efficiency.py`` section): long runs only."""
         c = model.config
         self.model, self.compact_at = model, compact_at

@@ -8,6 +8,8 @@ Two forwards:
   them is free); prompts of mixed lengths are prefilled in length buckets and attend per span of
   similar lengths. ~1.5x HF ``generate`` at batch 64 on the tiny default model at equal
   work (EOS masked on both sides; ``benchmarks/rollout_throughput.py``).
+  ``compile: true`` runs its decode step through ``torch.compile`` (same tokens; off by default:
+  the compilation is repaid only in long runs, ``benchmarks/README.md``).
 - otherwise (other architectures, or ``fast: false``) the Hugging Face module itself, token by
   token with its cache, as ``generate`` does, in static chunks of ``max_batch`` (no continuous
   batching: a finished row idles until its chunk ends).
@@ -56,7 +58,7 @@ class TorchEngineConfig:
     fast: bool = True  #: lean decode path for Llama/Qwen2 (reasonzoo.fastdecode); false = HF forward
     compact_at: float = 0.25  #: fast path: refill (or drop) finished rows once this fraction of the batch is free
     #: fast path: torch.compile the decode step (off: ~1.2x per step on the tiny model for 10 s to
-    #: ~3.5 min of compilation per process; pays in runs of more than ~100-700 iterations;
+    #: ~3.5 min of compilation per process; pays in runs of more than ~100-1200 iterations;
     #: benchmarks/README.md, decode_efficiency.py)
     compile: bool = False
 
