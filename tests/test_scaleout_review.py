@@ -25,6 +25,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from reasonzoo.rewards import WorkerPool
 
@@ -182,3 +183,17 @@ def test_kill_9_of_a_ray_driver_leaves_no_ray_process():
             except ProcessLookupError:
                 pass
         shutil.rmtree(folder, ignore_errors=True)
+
+
+# --- a backend this torch does not have -------------------------------------------------------------
+
+@pytest.mark.skipif(torch.distributed.is_nccl_available(), reason="this torch has NCCL")
+@pytest.mark.xfail(strict=True, reason="launcher.trainer_ranks=2 launcher.backend=nccl without NCCL passes validation, "
+                                       "then fails after the warm-up with two tracebacks (core/launch.py init_rank; "
+                                       "plugins/launcher/local.py checks only the name)")
+def test_nccl_backend_without_nccl_is_refused_at_validation():
+    from reasonzoo.config import validate
+    from reasonzoo.train import compose
+
+    with pytest.raises(Exception, match="launcher.backend"):  # one config-error line naming the key
+        validate(compose(["launcher.trainer_ranks=2", "launcher.backend=nccl"]))
