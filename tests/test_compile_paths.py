@@ -3,7 +3,7 @@
 within 1e-5, through refills, compaction and early stops; a bad value names the key.
 
 The training forward is not compiled anywhere (measured in ``benchmarks/decode_efficiency.py``:
-1.01-1.15x by CPU time for 31-34 s of compilation), so there is no compiled training path to test.
+1.00-1.15x by CPU time for 21-34 s of compilation), so there is no compiled training path to test.
 The first compilation takes ~10-20 s on the CPU (less with inductor's on-disk cache), once for
 this file: one engine serves every test.
 """
