@@ -12,7 +12,10 @@ from __future__ import annotations
 import datetime
 import logging
 import multiprocessing
-import tempfile
+import os
+import shutil
+import signal
+import sys
 import traceback
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -50,6 +53,18 @@ class Placement(Protocol):
         """Stop and release what the placement started (idempotent; called on errors too)."""
 
 
+def check_nccl(gpus_needed: int = 0) -> None:
+    """``launcher.backend=nccl`` needs a torch built with NCCL and, on one machine, a CUDA GPU per
+    rank. :raises PluginError: naming the key and what is missing."""
+    from .registry import PluginError
+
+    if not torch.distributed.is_nccl_available():
+        raise PluginError("launcher.backend=nccl: this torch has no NCCL (a CPU build); use launcher.backend=gloo")
+    if gpus_needed and torch.cuda.device_count() < gpus_needed:
+        raise PluginError(f"launcher.backend=nccl with launcher.trainer_ranks={gpus_needed}: needs a CUDA GPU per rank, "
+                          f"torch sees {torch.cuda.device_count()}; use launcher.backend=gloo")
+
+
 def init_rank(backend: str, init_method: str, rank: int, world: int, timeout_s: float) -> DataParallel:
     """Join the trainer's process group as ``rank`` of ``world`` and return the
     :class:`DataParallel` place; commands travel on a gloo group when ``backend`` is not gloo."""
@@ -59,12 +74,29 @@ def init_rank(backend: str, init_method: str, rank: int, world: int, timeout_s: 
     return DataParallel(rank, world, None, control)
 
 
+def _die_with(parent: int) -> None:
+    """Have the kernel kill this process when ``parent`` exits (Linux ``PR_SET_PDEATHSIG``): a
+    follower of a driver killed with SIGKILL leaves at once, without a traceback, instead of failing
+    in its next collective. Elsewhere a no-op."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(0)
+
+
 def _follower_process(cfg: dict, run_dir: str, rank: int, world: int, init_method: str, backend: str,
-                      timeout_s: float, error_file: str) -> None:
+                      timeout_s: float, error_file: str, parent: int) -> None:
     """A local follower rank (spawned): serve rank 0 until it says stop; a failure's last line is
-    left in ``error_file`` for :meth:`LocalPlacement.diagnose`."""
+    left in ``error_file`` for :meth:`LocalPlacement.diagnose`. Dies with its parent (rank 0)."""
     from .distributed import follower_loop
 
+    _die_with(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C: rank 0 handles it and stops the ranks
     try:
         dp = init_rank(backend, init_method, rank, world, timeout_s)
         try:
@@ -79,8 +111,8 @@ def _follower_process(cfg: dict, run_dir: str, rank: int, world: int, init_metho
 
 class LocalPlacement:
     """This machine: the engine of ``rz_build_engine`` in this process, and ``trainer_ranks - 1``
-    follower ranks as local processes (spawned, gloo, file rendezvous in a temporary directory)
-    when ``trainer_ranks > 1``: the data-parallel update of :mod:`reasonzoo.distributed` on one
+    follower ranks as local processes (spawned, gloo, file rendezvous in ``<run dir>/.tmp-ranks-<pid>``,
+    removed at the end, or at the run's next start after a kill) when ``trainer_ranks > 1``: the data-parallel update of :mod:`reasonzoo.distributed` on one
     machine, as ``torchrun`` would start it.
 
     :param trainer_ranks: ranks of the trainer, this process included.
@@ -92,7 +124,7 @@ class LocalPlacement:
         self.world, self.backend, self.timeout_s = trainer_ranks, backend, timeout_s
         self.procs: list = []
         self.dp: DataParallel | None = None
-        self.tmp: tempfile.TemporaryDirectory | None = None
+        self.tmp: Path | None = None
 
     def engine(self, ctx, policy):
         return ctx.hook.rz_build_engine(ctx=ctx, policy=policy)
@@ -104,13 +136,14 @@ class LocalPlacement:
     def start_trainer(self, ctx):
         if self.world == 1:
             return None
-        self.tmp = tempfile.TemporaryDirectory(prefix="reasonzoo-ranks-")
-        init_method = f"file://{self.tmp.name}/rendezvous"
+        self.tmp = Path(ctx.run_dir) / f".tmp-ranks-{os.getpid()}"  # a killed run's is removed at its next start
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        init_method = f"file://{self.tmp}/rendezvous"
         cfg = OmegaConf.to_container(ctx.cfg, resolve=True)
         mp = multiprocessing.get_context("spawn")
         self.procs = [mp.Process(target=_follower_process, daemon=True, name=f"reasonzoo-rank{r}",
                                  args=(cfg, str(ctx.run_dir), r, self.world, init_method, self.backend, self.timeout_s,
-                                       f"{self.tmp.name}/rank{r}.error"))
+                                       f"{self.tmp}/rank{r}.error", os.getpid()))
                       for r in range(1, self.world)]
         for p in self.procs:
             p.start()
@@ -125,7 +158,7 @@ class LocalPlacement:
         for r, p in enumerate(self.procs, start=1):
             p.join(timeout=2)
             if p.exitcode not in (None, 0):
-                err = Path(f"{self.tmp.name}/rank{r}.error")
+                err = self.tmp / f"rank{r}.error"
                 cause = err.read_text() if err.is_file() else (f"killed by signal {-p.exitcode}" if p.exitcode < 0
                                                                 else f"exit code {p.exitcode}")
                 return f"trainer rank {r} (pid {p.pid}) died: {cause}"
@@ -145,5 +178,5 @@ class LocalPlacement:
         finally:
             self.procs, self.dp = [], None
             if self.tmp is not None:
-                self.tmp.cleanup()
+                shutil.rmtree(self.tmp, ignore_errors=True)
                 self.tmp = None

@@ -46,6 +46,7 @@ import os
 import pickle
 import re
 import resource
+import signal
 import subprocess
 import sys
 import threading
@@ -200,7 +201,10 @@ class WorkerError(RuntimeError):
 
 
 def _worker_main(fd: int, preload: Sequence[str] = ()) -> None:
-    """Body of a worker process: receive ``(fn, args)`` pickles, acknowledge, answer; exit at EOF."""
+    """Body of a worker process: receive ``(fn, args)`` pickles, acknowledge, answer; exit at EOF.
+    Ignores SIGINT: a terminal's Ctrl-C reaches every process of the run's group, and the trainer
+    (which handles it) closes the pool; a worker would only print a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # its "timeout disabled" notice: the pool is the limit
     for name in preload:
         importlib.import_module(name)

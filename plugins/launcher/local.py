@@ -6,7 +6,7 @@ With ``trainer_ranks > 1`` the update is data-parallel over that many local proc
 from dataclasses import dataclass
 
 from reasonzoo import hookimpl, plugin
-from reasonzoo.launch import LocalPlacement
+from reasonzoo.launch import LocalPlacement, check_nccl
 from reasonzoo.ranges import ranged
 
 BACKENDS = ("gloo", "nccl")
@@ -27,6 +27,12 @@ class Local:
         if cfg.backend not in BACKENDS:
             raise ValueError(f"launcher.backend={cfg.backend!r}: allowed values are {', '.join(BACKENDS)}")
         self.cfg = cfg
+
+    @staticmethod
+    def check_run_config(cfg: LocalLauncherConfig, rc) -> None:
+        """``backend=nccl`` with several ranks needs NCCL and a GPU per rank (checked at validation)."""
+        if cfg.backend == "nccl" and cfg.trainer_ranks > 1:
+            check_nccl(cfg.trainer_ranks)
 
     @hookimpl
     def rz_place(self, ctx):

@@ -34,7 +34,7 @@ from omegaconf import OmegaConf
 
 from reasonzoo import hookimpl, plugin
 from reasonzoo.distributed import DataParallel
-from reasonzoo.launch import init_rank
+from reasonzoo.launch import check_nccl, init_rank
 from reasonzoo.ranges import ranged
 from reasonzoo.registry import PluginError
 
@@ -79,9 +79,12 @@ class RayLauncher:
 
     @staticmethod
     def check_run_config(cfg: RayLauncherConfig, rc) -> None:
-        """Ray must be installed (checked at validation, before any work)."""
+        """Ray must be installed, and an explicit nccl backend available (checked at validation,
+        before any work)."""
         if importlib.util.find_spec("ray") is None:
             raise PluginError("launcher=ray needs Ray, which is not installed: pip install -e '.[ray]'")
+        if cfg.backend == "nccl" and cfg.trainer_ranks > 1:
+            check_nccl()
 
     @hookimpl
     def rz_place(self, ctx):
@@ -139,7 +142,13 @@ class RayPlacement:
         env = {"env_vars": {"OMP_NUM_THREADS": threads}}
         if not ray.is_initialized():
             if address:
-                ray.init(address=address, runtime_env=env, log_to_driver=True)
+                where = "launcher.address" if cfg.address else "RAY_ADDRESS (environment)"
+                try:
+                    ray.init(address=address, runtime_env=env, log_to_driver=True)
+                except Exception as exc:  # Ray's own message names neither the key nor the variable
+                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    raise PluginError(f"launcher=ray: cannot join the Ray cluster at {where}={address!r}: {first}; "
+                                      "unset it to start a local cluster") from exc
             else:
                 num_cpus = cfg.num_cpus or max(os.cpu_count() or 1, int(-(-cpus // 1)))
                 ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=env, log_to_driver=True)
