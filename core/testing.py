@@ -61,3 +61,46 @@ def scored_group(policy, rewards: Sequence[float], texts: Sequence[str], uid: st
     correct = [bool(x) for x in rewards] if correct is None else list(correct)
     res = tuple(RewardResult(float(x), bool(c)) for x, c in zip(rewards, correct))
     return RolloutGroup(p, tuple(rolls), res, tuple(length_rewards or (0.0,) * n))
+
+
+#: Metrics two runs of the same seed must share exactly when only their placement differs (same
+#: rollouts), and those that may differ by the float order of a summed gradient (see
+#: :func:`assert_same_run`).
+SAME_RUN_EXACT = ("reward/accuracy", "reward/mean", "response/mean_length", "response/tokens", "eval/accuracy",
+                  "policy_version")
+SAME_RUN_CLOSE = ("loss/total", "train/grad_norm", "loss/k15")
+
+
+def assert_same_run(a: Sequence[dict], b: Sequence[dict], tol: float = 1e-4) -> None:
+    """Assert that two runs' metrics records (``metrics.jsonl`` as dicts) are the same run: the
+    same iterations, :data:`SAME_RUN_EXACT` equal, :data:`SAME_RUN_CLOSE` within ``tol``
+    (absolute). For a run against the same run placed elsewhere (several trainer ranks, engine
+    actors): the ranks sum gradients in another order, ~1e-7 apart in the weights.
+
+    :raises AssertionError: naming the iteration and the key that differ.
+    """
+    assert [r["iteration"] for r in a] == [r["iteration"] for r in b]
+    for ra, rb in zip(a, b):
+        for k in SAME_RUN_EXACT:
+            assert ra.get(k) == rb.get(k), (ra["iteration"], k, ra.get(k), rb.get(k))
+        for k in SAME_RUN_CLOSE:
+            if k in ra:
+                assert abs(rb[k] - ra[k]) <= tol, (ra["iteration"], k, ra[k], rb[k])
+
+
+def entry_point_package(site, module: str, source: str, entry_name: str, version: str = "0.1"):
+    """Write a minimal installed distribution into folder ``site``: package ``module`` holding
+    ``source`` (its ``__init__.py``) and a dist-info whose ``reasonzoo`` entry point ``entry_name``
+    names it, as ``pip install --target site`` would leave it. With ``site`` on ``sys.path`` (and a
+    worker's ``PYTHONPATH``) the registry finds its plugins. Returns ``site``."""
+    import textwrap
+    from pathlib import Path
+
+    site = Path(site)
+    (site / module).mkdir(parents=True)
+    (site / module / "__init__.py").write_text(textwrap.dedent(source))
+    info = site / f"{module}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(f"[reasonzoo]\n{entry_name} = {module}\n")
+    return site

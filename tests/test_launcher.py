@@ -19,11 +19,10 @@ from omegaconf import OmegaConf
 
 from reasonzoo.config import validate
 from reasonzoo.registry import PluginError
+from reasonzoo.testing import assert_same_run
 from reasonzoo.train import compose
 from reasonzoo.trainer import CONFIG_FILE, train
 
-EXACT = ("reward/accuracy", "reward/mean", "response/mean_length", "response/tokens", "eval/accuracy", "policy_version")
-CLOSE = ("loss/total", "train/grad_norm", "loss/k15")
 
 
 def _records(run_dir):
@@ -36,21 +35,11 @@ def _run(tmp_path, name, tiny_overrides, *extra):
     return _records(tmp_path / name)
 
 
-def _same(a, b):
-    assert [r["iteration"] for r in a] == [r["iteration"] for r in b]
-    for ra, rb in zip(a, b):
-        for k in EXACT:
-            assert ra.get(k) == rb.get(k), (ra["iteration"], k)
-        for k in CLOSE:
-            if k in ra:
-                assert rb[k] == pytest.approx(ra[k], abs=1e-4), (ra["iteration"], k)
-
-
 def test_two_local_trainer_ranks_train_as_one(tmp_path, tiny_overrides):
     one = _run(tmp_path, "one", tiny_overrides)
     two = _run(tmp_path, "two", tiny_overrides, "launcher.trainer_ranks=2")
     assert [r.get("train/ranks") for r in two] == [None, 2.0, 2.0, 2.0]
-    _same(one, two)
+    assert_same_run(one, two)
     assert not multiprocessing.active_children()  # the follower left when told to stop
 
 
@@ -68,7 +57,7 @@ def test_resume_on_another_world_size(tmp_path, tiny_overrides, monkeypatch):
     (tmp_path / "two" / "summary.json").unlink()
     monkeypatch.setattr(sys, "argv", ["reasonzoo-train", f"resume={tmp_path / 'two'}", "launcher.trainer_ranks=1"])
     train_mod.main()
-    _same(one, _records(tmp_path / "two"))
+    assert_same_run(one, _records(tmp_path / "two"))
     assert OmegaConf.load(tmp_path / "two" / CONFIG_FILE).launcher.trainer_ranks == 2  # the saved config is the run's
 
 

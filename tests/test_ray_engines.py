@@ -10,7 +10,6 @@ import importlib
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from reasonzoo.plugins.engine.torch import TorchEngine, TorchEngineConfig  # noq
 from reasonzoo.ray_engines import EngineActorError, RayEngineGroup, _chunks, pack_state, unpack_state  # noqa: E402
 from reasonzoo.ray_engines import flatten_state as _flatten, unflatten_state as _unflatten  # noqa: E402
 from reasonzoo.registry import build_plugins, make_manager  # noqa: E402
+from reasonzoo.testing import entry_point_package  # noqa: E402
 from reasonzoo.train import compose  # noqa: E402
 from reasonzoo.types import GenerationRequest, SamplingParams  # noqa: E402
 
@@ -132,12 +132,7 @@ def site(tmp_path_factory):
     site = tmp_path_factory.mktemp("site")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
                     str(site), str(EXAMPLE)], check=True, capture_output=True, timeout=300)
-    (site / "rzcrash").mkdir()
-    (site / "rzcrash" / "__init__.py").write_text(textwrap.dedent(CRASH_PLUGIN))
-    info = site / "rzcrash-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: rzcrash\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[reasonzoo]\ncrash_once = rzcrash\n")
+    entry_point_package(site, "rzcrash", CRASH_PLUGIN, "crash_once")
     sys.path.insert(0, str(site))
     importlib.invalidate_caches()
     yield site

@@ -19,6 +19,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from reasonzoo import trainer as trainer_mod  # noqa: E402
+from reasonzoo.testing import assert_same_run  # noqa: E402
 from reasonzoo.train import compose  # noqa: E402
 from reasonzoo.trainer import train  # noqa: E402
 
@@ -27,8 +28,6 @@ pytestmark = pytest.mark.ray
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "reasonzoo-hardfirst"
 SMALL = ["launcher.engine_cpus=0.25", "launcher.rank_cpus=0.25"]  # several actors on the 2-CPU cluster
 WALL = ("warmup/cached", "warmup/seconds", "response/tokens_per_s", "response/generated_tokens_per_s", "time/", "ray/")
-EXACT = ("reward/accuracy", "reward/mean", "response/mean_length", "response/tokens", "eval/accuracy", "policy_version")
-CLOSE = ("loss/total", "train/grad_norm", "loss/k15")
 
 
 @pytest.fixture(scope="module")
@@ -67,20 +66,10 @@ def _run(tiny, run_dir, *extra):
                                    "response/generated_tokens_per_s", "time/"))
 
 
-def _same(a, b):
-    assert [r["iteration"] for r in a] == [r["iteration"] for r in b]
-    for ra, rb in zip(a, b):
-        for k in EXACT:
-            assert ra.get(k) == rb.get(k), (ra["iteration"], k)
-        for k in CLOSE:
-            if k in ra:
-                assert rb[k] == pytest.approx(ra[k], abs=1e-4), (ra["iteration"], k)
-
-
 def test_one_engine_actor_two_ranks_give_the_local_metrics(cluster, tiny, tmp_path):
     local = _run(tiny, tmp_path / "local")
     placed = _run(tiny, tmp_path / "ray", "launcher=ray", "launcher.engines=1", "launcher.trainer_ranks=2", *SMALL)
-    _same(local, placed)
+    assert_same_run(local, placed)
     assert [r.get("train/ranks") for r in placed] == [None, 2.0, 2.0, 2.0]
     assert placed[-1]["ray/engine_restarts"] == 0 and placed[-1]["ray/engine_retries"] == 0
 

@@ -8,7 +8,6 @@ import importlib
 import os
 import re
 import sys
-import textwrap
 
 import pytest
 
@@ -17,6 +16,7 @@ ray = pytest.importorskip("ray")
 from reasonzoo.context import RunContext  # noqa: E402
 from reasonzoo.ray_engines import RayRewardGroup, RewardActorError  # noqa: E402
 from reasonzoo.registry import build_plugins, make_manager  # noqa: E402
+from reasonzoo.testing import entry_point_package  # noqa: E402
 from reasonzoo.train import compose  # noqa: E402
 from reasonzoo.types import FinishReason, Problem, Rollout, RolloutGroup, Segment  # noqa: E402
 
@@ -66,13 +66,7 @@ def tiny(request):
 def site(tmp_path_factory):
     """A site folder with the crash_once reward package (a hand-written dist-info with its entry
     point), on the driver's sys.path and every actor's PYTHONPATH."""
-    site = tmp_path_factory.mktemp("site")
-    (site / "rzcrashreward").mkdir()
-    (site / "rzcrashreward" / "__init__.py").write_text(textwrap.dedent(CRASH_PLUGIN))
-    info = site / "rzcrashreward-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: rzcrashreward\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[reasonzoo]\ncrash_once_reward = rzcrashreward\n")
+    site = entry_point_package(tmp_path_factory.mktemp("site"), "rzcrashreward", CRASH_PLUGIN, "crash_once_reward")
     sys.path.insert(0, str(site))
     importlib.invalidate_caches()
     yield site
