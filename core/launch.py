@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -147,16 +148,36 @@ class LocalPlacement:
                       for r in range(1, self.world)]
         for p in self.procs:
             p.start()
-        self.dp = init_rank(self.backend, init_method, 0, self.world, self.timeout_s)
+        # the rendezvous blocks (deaf to signals) until every rank joins: wait for it on a thread and
+        # watch the followers meanwhile, so one that dies first is named instead of waited for
+        joined: dict = {}
+
+        def join() -> None:
+            try:
+                joined["dp"] = init_rank(self.backend, init_method, 0, self.world, self.timeout_s)
+            except BaseException as exc:  # noqa: BLE001 - re-raised below
+                joined["error"] = exc
+
+        t = threading.Thread(target=join, name="reasonzoo-rendezvous", daemon=True)
+        t.start()
+        while t.is_alive():
+            t.join(0.1)
+            why = self.diagnose(wait=0) if t.is_alive() else None
+            if why:
+                raise RuntimeError(f"{why}, before joining rank 0")
+        if "error" in joined:
+            raise joined["error"]
+        self.dp = joined["dp"]
         return self.dp
 
     def metrics(self) -> dict[str, float]:
         return {}
 
-    def diagnose(self) -> str | None:
-        """The first follower rank that has died: its pid, exit code and error line."""
+    def diagnose(self, wait: float = 2.0) -> str | None:
+        """The first follower rank that has died (each given ``wait`` seconds to end): its pid,
+        exit code and error line."""
         for r, p in enumerate(self.procs, start=1):
-            p.join(timeout=2)
+            p.join(timeout=wait)
             if p.exitcode not in (None, 0):
                 err = self.tmp / f"rank{r}.error"
                 cause = err.read_text() if err.is_file() else (f"killed by signal {-p.exitcode}" if p.exitcode < 0

@@ -6,12 +6,14 @@ open ones are ``xfail(strict=True)``, so CI says so the day a fix makes them pas
 Fixed (regression tests): a bad ``RAY_ADDRESS`` / ``launcher.address`` not named in the error;
 a terminal Ctrl-C printing a reward worker's ``KeyboardInterrupt`` traceback; ``kill -9`` of a
 2-rank local run printing the follower's gloo traceback and leaving ``/tmp/reasonzoo-ranks-*``;
-``launcher.backend=nccl`` without NCCL failing after the warm-up with two tracebacks.
+``launcher.backend=nccl`` without NCCL failing after the warm-up with two tracebacks; a local
+follower rank that died before the rendezvous left rank 0 waiting in ``init_process_group`` for
+``launcher.timeout_s`` (24 h), deaf to Ctrl-C and SIGTERM (the rendezvous now waits on a thread
+while rank 0 watches its followers).
 
-Open (strict xfails): ``kill -9`` of a ``launcher=ray`` driver that started its own cluster leaves
-``ray::DashboardAgent`` and ``ray::RuntimeEnvAgent`` running, orphaned, for over a minute; a local
-follower rank that dies before the rendezvous leaves rank 0 waiting in ``init_process_group`` for
-``launcher.timeout_s`` (24 h), deaf to Ctrl-C and SIGTERM.
+Open (strict xfail): ``kill -9`` of a ``launcher=ray`` driver that started its own cluster leaves
+``ray::DashboardAgent`` and ``ray::RuntimeEnvAgent`` running, orphaned, for over a minute (gone
+within ~2.5 minutes).
 """
 import os
 import shutil
@@ -217,9 +219,6 @@ if "--multiprocessing-fork" in sys.argv:  # a spawned multiprocessing child: die
 """
 
 
-@pytest.mark.xfail(strict=True, reason="a local follower rank that dies before the rendezvous leaves rank 0 in "
-                                       "init_process_group for launcher.timeout_s (24 h), deaf to Ctrl-C and SIGTERM "
-                                       "(core/launch.py LocalPlacement.start_trainer -> init_rank)")
 def test_a_follower_dead_before_the_rendezvous_is_named_not_waited_for(tmp_path):
     site = tmp_path / "site"
     site.mkdir()
