@@ -75,6 +75,33 @@ def init_rank(backend: str, init_method: str, rank: int, world: int, timeout_s: 
     return DataParallel(rank, world, None, control)
 
 
+def join_as_rank0(backend: str, init_method: str, world: int, timeout_s: float, watch) -> DataParallel:
+    """:func:`init_rank` as rank 0, while watching the other ranks: the rendezvous blocks, deaf to
+    signals, until every rank has joined, so it runs on a thread and ``watch()`` (a placement's
+    ``diagnose``: a dead rank named, or ``None``) is asked every 0.1 s meanwhile.
+
+    :raises RuntimeError: ``watch()`` named a rank that died before joining.
+    """
+    joined: dict = {}
+
+    def join() -> None:
+        try:
+            joined["dp"] = init_rank(backend, init_method, 0, world, timeout_s)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            joined["error"] = exc
+
+    t = threading.Thread(target=join, name="reasonzoo-rendezvous", daemon=True)
+    t.start()
+    while t.is_alive():
+        t.join(0.1)
+        why = watch() if t.is_alive() else None
+        if why:
+            raise RuntimeError(f"{why}, before joining rank 0")
+    if "error" in joined:
+        raise joined["error"]
+    return joined["dp"]
+
+
 def _die_with(parent: int) -> None:
     """Have the kernel kill this process when ``parent`` exits (Linux ``PR_SET_PDEATHSIG``): a
     follower of a driver killed with SIGKILL leaves at once, without a traceback, instead of failing
@@ -148,26 +175,7 @@ class LocalPlacement:
                       for r in range(1, self.world)]
         for p in self.procs:
             p.start()
-        # the rendezvous blocks (deaf to signals) until every rank joins: wait for it on a thread and
-        # watch the followers meanwhile, so one that dies first is named instead of waited for
-        joined: dict = {}
-
-        def join() -> None:
-            try:
-                joined["dp"] = init_rank(self.backend, init_method, 0, self.world, self.timeout_s)
-            except BaseException as exc:  # noqa: BLE001 - re-raised below
-                joined["error"] = exc
-
-        t = threading.Thread(target=join, name="reasonzoo-rendezvous", daemon=True)
-        t.start()
-        while t.is_alive():
-            t.join(0.1)
-            why = self.diagnose(wait=0) if t.is_alive() else None
-            if why:
-                raise RuntimeError(f"{why}, before joining rank 0")
-        if "error" in joined:
-            raise joined["error"]
-        self.dp = joined["dp"]
+        self.dp = join_as_rank0(self.backend, init_method, self.world, self.timeout_s, lambda: self.diagnose(wait=0))
         return self.dp
 
     def metrics(self) -> dict[str, float]:

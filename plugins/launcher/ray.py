@@ -34,7 +34,7 @@ from omegaconf import OmegaConf
 
 from reasonzoo import hookimpl, plugin
 from reasonzoo.distributed import DataParallel
-from reasonzoo.launch import check_nccl, init_rank
+from reasonzoo.launch import check_nccl, init_rank, join_as_rank0
 from reasonzoo.ranges import ranged
 from reasonzoo.registry import PluginError
 
@@ -206,7 +206,7 @@ class RayPlacement:
                       for r in range(1, world)]
         self.runs = [a.run.remote(cfg, str(ctx.run_dir), r, world, init_method, self.backend, self.cfg.timeout_s)
                      for r, a in enumerate(self.ranks, start=1)]
-        self.dp = init_rank(self.backend, init_method, 0, world, self.cfg.timeout_s)
+        self.dp = join_as_rank0(self.backend, init_method, world, self.cfg.timeout_s, lambda: self.diagnose(wait=0))
         return self.dp
 
     def metrics(self) -> dict[str, float]:
@@ -215,13 +215,14 @@ class RayPlacement:
             counts.update(self.rewards.fault_counts())
         return {k: float(v) for k, v in counts.items()}
 
-    def diagnose(self) -> str | None:
-        """The first trainer rank that has failed, its place and cause, or ``None``."""
+    def diagnose(self, wait: float = 5.0) -> str | None:
+        """The first trainer rank that has failed (waiting up to ``wait`` seconds for the ranks to
+        end), its place and cause, or ``None``."""
         import ray
 
         if not self.runs:
             return None
-        done, _ = ray.wait(self.runs, num_returns=len(self.runs), timeout=5)
+        done, _ = ray.wait(self.runs, num_returns=len(self.runs), timeout=wait)
         for r, ref in enumerate(self.runs, start=1):
             if ref in done:
                 try:
