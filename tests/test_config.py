@@ -1,5 +1,6 @@
 """Hydra composition and validation: every config composes, overrides swap plugins, and bad
 input fails before any work with a message naming the culprit."""
+import importlib.util
 import subprocess
 import sys
 
@@ -27,6 +28,10 @@ def test_every_plugin_config_composes_and_validates(group, name):
              "reward/reasoning_gym": ["task=reasoning_gym"]}
     cfg = compose([f"{group}={name}", *extra.get(f"{group}/{name}", [])])
     assert cfg[group].name == name
+    if f"{group}/{name}" == "launcher/ray" and importlib.util.find_spec("ray") is None:  # an extra: refused in one line
+        with pytest.raises(PluginError, match=r"^launcher=ray needs Ray, which is not installed: pip install -e '\.\[ray\]'$"):
+            validate(cfg)
+        return
     validate(cfg)
     plugins = build_plugins(cfg, CAT)
     make_manager(plugins)  # no two plugins claim one exclusive hook
