@@ -425,7 +425,7 @@ def _train_placed(cfg, rc, run_dir, old_log_bytes, ctx, placement, train_problem
     summary: dict[str, Any] = {"run_dir": str(run_dir)}
     start = 1
     spent = {"tokens": 0, "seconds": 0.0}  # cumulative cost of RL so far (budget, tokens/generated, time/elapsed)
-    pending_state = None  # an asynchronous run's next batch, generated before the checkpoint
+    produced = None  # an asynchronous run's next batch, generated ahead (on resume: the checkpoint's)
     if ckpt is not None:
         state = load_state(ckpt)
         load_into(policy.model, ckpt / "model")
@@ -434,7 +434,7 @@ def _train_placed(cfg, rc, run_dir, old_log_bytes, ctx, placement, train_problem
         torch.set_rng_state(state["torch_rng"])
         start = state["iteration"] + 1
         spent = dict(state.get("spent", spent))
-        pending_state = state.get("pending")
+        produced = state.get("pending")
         history = _truncate_metrics(metrics_path, state["iteration"])
         summary["initial_eval"] = next((r for r in history if r["iteration"] == 0), None)
         log.info("resuming %s from %s (iteration %d)", run_dir, ckpt.name, start)
@@ -479,23 +479,18 @@ def _train_placed(cfg, rc, run_dir, old_log_bytes, ctx, placement, train_problem
             stopped_by = _over_budget(rc, spent) if start <= rc.iterations else None
             ahead = rc.max_staleness > 0  # generate iteration i+1 while iteration i trains (one version stale)
             pool = ThreadPoolExecutor(1, thread_name_prefix="reasonzoo-rollout") if ahead else None
-            pending = (pending_state, None) if pending_state is not None else None  # (produced, future)
             try:
                 for it in ([] if stopped_by else bar):
                     ctx.iteration = it
                     t_it = time.perf_counter()
                     hook.rz_iteration_start(ctx=ctx)
-                    t0 = time.perf_counter()
-                    if pending is None:  # synchronous, or the first iteration of an asynchronous run
-                        groups, t_roll, t_rew = _produce(ctx, train_problems, rc, sampling)
-                    else:
-                        groups, t_roll, t_rew = pending[0] if pending[1] is None else pending[1].result()
-                        pending = None
-                    t_wait = time.perf_counter() - t0
+                    # synchronous, or the first iteration of an asynchronous run: generate now
+                    groups, t_roll, t_rew = produced if produced is not None else _produce(ctx, train_problems, rc, sampling)
+                    produced = future = None
                     if ahead and it < rc.iterations:  # the next iteration's rollouts, from the weights this update starts at
                         nxt = replace(ctx, iteration=it + 1)
                         nxt_problems = hook.rz_sample_problems(ctx=nxt, problems=train_problems, n=rc.prompts_per_iteration)
-                        pending = (None, pool.submit(_produce, nxt, train_problems, rc, sampling, nxt_problems))
+                        future = pool.submit(_produce, nxt, train_problems, rc, sampling, nxt_problems)
                     t_upd = 0.0
                     record = {"iteration": it, "response/groups": len(groups)}
                     if groups:  # a partial-rollout scheduler may finish no group this iteration: no update then
@@ -509,10 +504,10 @@ def _train_placed(cfg, rc, run_dir, old_log_bytes, ctx, placement, train_problem
                         t_upd = time.perf_counter() - t0
                     elif leader is not None:
                         leader.iteration(ctx, None, groups)
-                    if pending is not None:  # the engine keeps the weights the next rollouts started from until they end
+                    if future is not None:  # the engine keeps the weights the next rollouts started from until they end
                         t0 = time.perf_counter()
-                        pending = (pending[1].result(), None)
-                        record["time/rollout_wait"] = t_wait + time.perf_counter() - t0
+                        produced = future.result()
+                        record["time/rollout_wait"] = time.perf_counter() - t0  # seconds the loop waited for them
                     if groups:
                         t0 = time.perf_counter()
                         engine.sync_weights()
@@ -538,7 +533,7 @@ def _train_placed(cfg, rc, run_dir, old_log_bytes, ctx, placement, train_problem
                     log.info(iteration_line(record, rc.iterations))
                     hook.rz_log_metrics(ctx=ctx, metrics=record, step=it)
                     if it == rc.iterations or stopped_by or it % rc.checkpoint.every == 0:
-                        save_checkpoint(run_dir, it, policy, _state(ctx, it, spent, pending), keep=rc.checkpoint.keep)
+                        save_checkpoint(run_dir, it, policy, _state(ctx, it, spent, produced), keep=rc.checkpoint.keep)
                     bar.set_postfix({k.split("/")[-1]: f"{record[k]:.3g}" for k in
                                      ("reward/accuracy", "response/mean_length", "eval/accuracy") if k in record})
                     if stopped_by:
@@ -591,12 +586,12 @@ def _spent_text(spent: dict) -> str:
     return f"{spent['tokens']} tokens generated, {spent['seconds']:.1f} s of RL"
 
 
-def _state(ctx: RunContext, iteration: int, spent: dict, pending=None) -> dict[str, Any]:
-    """A checkpoint's trainer state. ``pending``: an asynchronous run's next batch, already
-    generated (``(produced, None)``): kept, so a resumed run trains the same batch."""
+def _state(ctx: RunContext, iteration: int, spent: dict, produced=None) -> dict[str, Any]:
+    """A checkpoint's trainer state. ``produced``: an asynchronous run's next batch, already
+    generated (``_produce``'s result): kept, so a resumed run trains the same batch."""
     return {
         "iteration": iteration,
-        "pending": pending[0] if pending is not None else None,
+        "pending": produced,
         "policy_version": ctx.policy_version,
         "spent": dict(spent),
         "optimizer": ctx.optimizer.state_dict(),
