@@ -55,9 +55,9 @@ class RunContext:
         group, in order. On the placement's reward workers when it has them (``launcher=ray
         launcher.reward_workers=M``), else ``rz_reward`` in this process. Rollout schedulers,
         evaluation and searches that score mid-iteration call this rather than the hook."""
-        if self.placement is not None and hasattr(self.placement, "reward"):
-            return self.placement.reward(self, groups)
-        return self.hook.rz_reward(ctx=self, groups=groups)
+        placed = getattr(self.placement, "reward", None)
+        out = placed(self, groups) if placed is not None else None
+        return self.hook.rz_reward(ctx=self, groups=groups) if out is None else out
 
     @property
     def seed(self) -> int:

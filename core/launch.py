@@ -35,8 +35,9 @@ class Placement(Protocol):
 
     Optional: ``diagnose() -> str | None``, called when the run fails: names a trainer rank or an
     actor that died and its cause (the loop then raises that, with the resume hint);
-    ``reward(ctx, groups) -> list[list[RewardResult]]``, called by the loop instead of the
-    ``rz_reward`` hook to score an iteration's rollouts (reward actors under ``launcher=ray``).
+    ``reward(ctx, groups) -> list[list[RewardResult]] | None``, called by ``ctx.reward`` to score
+    groups elsewhere (reward actors under ``launcher=ray``); ``None``: score them with the
+    ``rz_reward`` hook in this process.
     """
 
     def engine(self, ctx, policy):
@@ -156,10 +157,6 @@ class LocalPlacement:
 
     def engine(self, ctx, policy):
         return ctx.hook.rz_build_engine(ctx=ctx, policy=policy)
-
-    def reward(self, ctx, groups):
-        """The run's ``rz_reward`` in this process: one list of ``RewardResult`` per group."""
-        return ctx.hook.rz_reward(ctx=ctx, groups=groups)
 
     def start_trainer(self, ctx):
         if self.world == 1:

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from .checkpoint import atomic_write_text, latest_checkpoint, load_into, load_state, save_checkpoint
 from .config import RunConfig, validate
 from .context import RunContext
-from .distributed import Leader
+from .distributed import Leader, optimizer_params
 from .launch import LocalPlacement
 from .evaluation import EvalSettings, eval_split, training_metrics
 from .evaluation import evaluate as run_eval
@@ -249,7 +249,7 @@ def update(ctx: RunContext, batch: TrainBatch, cfg: RunConfig) -> dict[str, floa
     gen = ctx.generator("minibatch")
     dp = ctx.data_parallel  # None on one rank; else this rank runs every R-th micro-batch (reasonzoo.distributed)
     n_parts = dp.parts(cfg.train.microbatches) if dp else cfg.train.microbatches
-    params = [p for group in opt.param_groups for p in group["params"]]  # the policy's and any critic's
+    params = optimizer_params(opt)  # the policy's and any critic's
     for _ in range(cfg.train.epochs):
         order = torch.randperm(len(batch), generator=gen)
         for start in range(0, len(batch), cfg.train.minibatch_size):

@@ -128,7 +128,7 @@ class RayPlacement:
     def __init__(self, cfg: RayLauncherConfig, ctx):
         import ray
 
-        self.cfg, self.ctx = cfg, ctx
+        self.cfg = cfg
         self.engines = None
         self.rewards = None
         self.ranks: list = []
@@ -186,11 +186,9 @@ class RayPlacement:
         return self.engines
 
     def reward(self, ctx, groups):
-        """The iteration's rewards: from the reward actors when ``reward_workers > 0``, else the
-        ``rz_reward`` hook in this process (one list of ``RewardResult`` per group)."""
-        if self.rewards is None:
-            return ctx.hook.rz_reward(ctx=ctx, groups=groups)
-        return self.rewards.reward(ctx, groups)
+        """The groups' rewards from the reward actors (one list of ``RewardResult`` per group), or
+        ``None`` without reward workers: ``ctx.reward`` then scores them in this process."""
+        return None if self.rewards is None else self.rewards.reward(ctx, groups)
 
     def start_trainer(self, ctx):
         import ray
