@@ -398,7 +398,7 @@ def _train_locked(cfg: DictConfig, run_dir: Path, old_log_bytes: int = 0) -> dic
     placement = hook.rz_place(ctx=ctx) or LocalPlacement()  # launcher: where the engine and the trainer ranks run
     try:
         ctx.placement = placement
-        ctx.engine = engine = placement.engine(ctx, policy)
+        ctx.engine = placement.engine(ctx, policy)
         ctx.optimizer = torch.optim.AdamW(  # the policy's group, then the plugins' (a critic's)
             param_groups(policy, hook.rz_trainable_parameters(ctx=ctx, policy=policy)),
             lr=rc.train.lr, weight_decay=rc.train.weight_decay, betas=tuple(rc.train.betas)

@@ -139,3 +139,43 @@ def kill_and_resume(tmp_path):
         return tmp_path / "ref", killed
 
     return run
+
+
+@pytest.fixture(scope="session")
+def ray_start():
+    """``ray_start(*paths)``: start a local Ray cluster of 2 CPUs (the box) whose workers have
+    ``paths`` (plugin packages) on their PYTHONPATH and one torch thread; the caller shuts it down."""
+
+    def start(*paths):
+        import os
+
+        import ray
+
+        path = os.pathsep.join([*map(str, paths), os.environ.get("PYTHONPATH", "")])
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}})
+
+    return start
+
+
+@pytest.fixture(scope="session")
+def wait_killed():
+    """``wait_killed(actor, pid)``: poll (up to 60 s) until a kill has landed (``ray.kill`` only
+    asks): the actor fails a call or answers from a new process, so the next call surely meets the
+    restart."""
+
+    def wait(actor, pid):
+        import time
+
+        import ray
+
+        for _ in range(600):
+            try:
+                if ray.get(actor.where.remote(), timeout=60)["pid"] != pid:
+                    return
+            except ray.exceptions.RayActorError:
+                return
+            time.sleep(0.1)
+        pytest.fail(f"the killed actor still answers from pid {pid}")
+
+    return wait

@@ -270,14 +270,14 @@ def test_weight_sync_reaches_actors_with_version(two, policy):
         group.sync_weights()
 
 
-def test_killed_actor_restarted_same_result(two, policy):
+def test_killed_actor_restarted_same_result(two, policy, wait_killed):
     ctx, group = two
     reqs = _requests(policy)
     before = group.fault_counts()
     want = group.generate(reqs, PARAMS, torch.Generator().manual_seed(11))
     pid = group.where()[1]["pid"]
     ray.kill(group.actors[1], no_restart=False)  # mid-run: Ray restarts it; it has no weights then
-    _wait_killed(group.actors[1], pid)
+    wait_killed(group.actors[1], pid)
     got = group.generate(reqs, PARAMS, torch.Generator().manual_seed(11))
     assert got == want
     counts = group.fault_counts()
@@ -285,21 +285,6 @@ def test_killed_actor_restarted_same_result(two, policy):
     assert group.where()[1]["pid"] != pid
     # the call that met the dead actor (if it did: Ray may have restarted it first) was resent once
     assert counts["ray/engine_retries"] - before["ray/engine_retries"] in (0, 1)
-
-
-def _wait_killed(actor, pid):
-    """Until the kill has landed (ray.kill only asks): the actor fails a call or answers from a new
-    process. Polled (up to 60 s), so the group's next call surely meets the restart."""
-    import time
-
-    for _ in range(600):
-        try:
-            if ray.get(actor.where.remote(), timeout=60)["pid"] != pid:
-                return
-        except ray.exceptions.RayActorError:
-            return
-        time.sleep(0.1)
-    pytest.fail(f"the killed actor still answers from pid {pid}")
 
 
 def test_entry_point_plugins_rebuilt_in_actor(third, policy):
@@ -432,7 +417,7 @@ def test_broadcast_reaches_actors_with_version(broadcast, policy, tmp_path):
         dist.destroy_process_group()
 
 
-def test_broadcast_falls_back_when_an_actor_dies_before_a_sync(broadcast, policy):
+def test_broadcast_falls_back_when_an_actor_dies_before_a_sync(broadcast, policy, wait_killed):
     """Actor 1 killed; the next broadcast fails; the group goes to the object store for good and
     the restarted actor serves the new weights (log-probs match) with the right version."""
     ctx, group = broadcast
@@ -440,7 +425,7 @@ def test_broadcast_falls_back_when_an_actor_dies_before_a_sync(broadcast, policy
     group.sync_weights()
     pid = group.where()[1]["pid"]
     ray.kill(group.actors[1], no_restart=False)
-    _wait_killed(group.actors[1], pid)
+    wait_killed(group.actors[1], pid)
     _perturb(policy, 0.7)
     ctx.policy_version += 1
     group.sync_weights()
@@ -458,7 +443,7 @@ def test_broadcast_falls_back_when_an_actor_dies_before_a_sync(broadcast, policy
     assert {g.policy_version for g in again} == {ctx.policy_version}
 
 
-def test_broadcast_falls_back_when_an_actor_dies_before_a_generate(broadcast, policy):
+def test_broadcast_falls_back_when_an_actor_dies_before_a_generate(broadcast, policy, wait_killed):
     """Actor 1 killed after the broadcast: its chunk of the next generate reaches the restarted
     actor, which lacks the broadcast weights; the group falls back (the last broadcast weights,
     kept as a snapshot, go to the object store) and resends: the same tokens as without the kill."""
@@ -471,7 +456,7 @@ def test_broadcast_falls_back_when_an_actor_dies_before_a_generate(broadcast, po
     pid = group.where()[1]["pid"]
     _perturb(policy, 0.5)  # the driver moves on (as with max_staleness=1): the snapshot, not these, must be served
     ray.kill(group.actors[1], no_restart=False)
-    _wait_killed(group.actors[1], pid)
+    wait_killed(group.actors[1], pid)
     got = group.generate(reqs, PARAMS, torch.Generator().manual_seed(4))
     assert got == want
     counts = group.fault_counts()

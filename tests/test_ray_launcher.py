@@ -9,7 +9,6 @@ requests are split in two chunks with a seed each (reasonzoo.ray_engines): other
 than launcher=local, so those runs are compared with each other, not with local.
 """
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -47,10 +46,8 @@ def site(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cluster(site):
-    path = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}})
+def cluster(site, ray_start):
+    ray_start(site)
     yield
     ray.shutdown()
 

@@ -74,10 +74,8 @@ def site(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cluster(site):
-    path = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}})
+def cluster(site, ray_start):
+    ray_start(site)
     yield
     ray.shutdown()
 
@@ -144,29 +142,15 @@ def test_two_actors_give_the_local_rewards_and_metrics(two):
     assert group.where()[0]["pid"] != group.where()[1]["pid"] != os.getpid()
 
 
-def test_killed_reward_actor_restarted_same_rewards(two):
+def test_killed_reward_actor_restarted_same_rewards(two, wait_killed):
     ctx, group = two
     groups = _groups()[:4]  # no time-out: quick
     want = group.reward(ctx, groups)
     pid = group.where()[1]["pid"]
     ray.kill(group.actors[1], no_restart=False)
-    _wait_killed(group.actors[1], pid)
+    wait_killed(group.actors[1], pid)
     assert _plain(group.reward(ctx, groups)) == _plain(want)
     assert group.fault_counts()["ray/reward_restarts"] == 1 and group.where()[1]["pid"] != pid
-
-
-def _wait_killed(actor, pid):
-    """Until the kill has landed (ray.kill only asks): the actor fails a call or answers from a new process."""
-    import time
-
-    for _ in range(600):
-        try:
-            if ray.get(actor.where.remote(), timeout=60)["pid"] != pid:
-                return
-        except ray.exceptions.RayActorError:
-            return
-        time.sleep(0.1)
-    pytest.fail(f"the killed actor still answers from pid {pid}")
 
 
 @pytest.fixture(scope="module")
