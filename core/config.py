@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .ranges import check_ranges, ranged
+from .device import check as check_device
 from .registry import PluginError, catalogue
 
 
@@ -52,6 +53,7 @@ class TrainConfig:
     microbatches: int = ranged(2, ge=1)  #: length-sorted parts per minibatch, gradients accumulated (less padding; exact for row-mean losses)
     epochs: int = ranged(1, ge=1)  #: passes over the iteration's batch
     max_grad_norm: float = 1.0  #: gradient-norm clip; <= 0 disables
+    device: str = "cpu"  #: where the policy and the update run: cpu, cuda, cuda:N, or auto (cuda when a GPU is visible); reasonzoo.device
 
 
 @dataclass
@@ -200,6 +202,7 @@ def validate(cfg: DictConfig) -> RunConfig:
         raise PluginError(f"{getattr(exc, 'full_key', '?')}: {getattr(exc, 'msg', exc)}") from exc
     try:
         check_ranges(rc)
+        check_device(rc.train.device)
     except ValueError as exc:
         raise PluginError(str(exc)) from exc
     _check_combinations(rc, selected)

@@ -52,7 +52,9 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, gen: torch.Generat
     Temperature 0 is greedy, with the log-prob of the unscaled distribution. Otherwise the
     log-prob is that of the temperature-scaled, top-p-truncated, renormalised distribution.
     One uniform draw per row from ``gen`` (inverse CDF: ~4x cheaper than ``torch.multinomial``,
-    which draws an exponential per vocabulary entry).
+    which draws an exponential per vocabulary entry). ``gen`` is a CPU generator: the draws are
+    made there and moved to ``logits``' device, so a seed samples the same on CPU and GPU up to
+    the logits' rounding. Tokens and log-probs come back on ``logits``' device.
     """
     logits = logits.float()
     if params.temperature == 0:
@@ -68,7 +70,7 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, gen: torch.Generat
     # inverse CDF with one uniform draw per row: the first token whose cumulative mass reaches
     # u' * total, u' = 1 - u in (0, 1], never picks a zero-probability token
     cum = logp.exp().cumsum(-1)  # (B, V)
-    u = torch.rand((logp.shape[0], 1), generator=gen, dtype=cum.dtype)
+    u = torch.rand((logp.shape[0], 1), generator=gen, dtype=cum.dtype).to(cum.device)
     tok = torch.searchsorted(cum, u.neg_().add_(1).mul_(cum[:, -1:]))  # (B, 1)
     return tok.squeeze(-1), logp.gather(-1, tok).squeeze(-1)
 
@@ -168,8 +170,8 @@ class FastDecoder:
 
     def _rope(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin ``(n, H + KV, D)`` for positions ``0..n-1``: the model's RoPE, per q and k head."""
-        rot = self.model.model.rotary_emb
-        cos, sin = rot(torch.zeros(1, dtype=torch.float32), torch.arange(n)[None])  # (1, n, D)
+        rot, dev = self.model.model.rotary_emb, self.model.lm_head.weight.device
+        cos, sin = rot(torch.zeros(1, dtype=torch.float32, device=dev), torch.arange(n, device=dev)[None])  # (1, n, D)
         qk = (n, self.H + self.KV, self.D)
         return cos[0, :, None].expand(qk).contiguous(), sin[0, :, None].expand(qk).contiguous()
 
@@ -193,8 +195,8 @@ class FastDecoder:
         H, KV, D = self.H, self.KV, self.D
         x = F.embedding(ids, emb)  # (B, T, C)
         c, s = cos[pos], sin[pos]  # (B, T, H+KV, D)
-        eye = torch.eye(T, dtype=torch.bool)
-        mask = ((torch.ones(T, T, dtype=torch.bool).tril() & keymask[:, None, :]) | eye)[:, None]  # (B, 1, T, T)
+        eye = torch.eye(T, dtype=torch.bool, device=ids.device)
+        mask = ((torch.ones(T, T, dtype=torch.bool, device=ids.device).tril() & keymask[:, None, :]) | eye)[:, None]  # (B, 1, T, T)
         for (w, b, wo, bo, wgu, wd), kv in zip(layers, cache):
             h = self._norm(x)
             y = F.linear(h, w, b).view(B, T, self.NH, D)
@@ -217,7 +219,7 @@ class FastDecoder:
         B = tok.shape[0]
         H, KV, D = self.H, self.KV, self.D
         G = H // KV
-        rows = torch.arange(B)
+        rows = torch.arange(B, device=tok.device)
         kbias.view(B, KV, 1, -1)[rows, :, 0, col] = 0.0
         x = F.embedding(tok, emb)  # (B, C)
         for (w, b, wo, bo, wgu, wd), kv in zip(layers, cache):
@@ -243,8 +245,10 @@ class FastDecoder:
         Identical contexts share one prefill; the unique ones are prefilled in buckets of similar
         length (at most 2x apart, so padding costs at most 2x), each row's context written
         left-padded at cache columns ``0..w-1`` of its bucket's width ``w``. Returns the rows'
-        first logits ``(R, V)``, rope positions and next cache columns ``(R,)``.
+        first logits ``(R, V)`` (on the model's device), rope positions and next cache columns
+        ``(R,)`` (on the CPU, as ``rows``: the sampling loop's bookkeeping stays there).
         """
+        dev = kbias.device
         unique: dict[tuple, int] = {}
         inv = [unique.setdefault(tuple(contexts[i]), len(unique)) for i in reqs]
         ctxs = list(unique)
@@ -258,7 +262,7 @@ class FastDecoder:
         R = len(reqs)
         self.stats["admissions"] += 1
         self.stats["prefills"] += len(buckets)
-        logits = torch.zeros(R, W[2].shape[0])
+        logits = torch.zeros(R, W[2].shape[0], device=dev)
         pos, col = torch.empty(R, dtype=torch.long), torch.empty(R, dtype=torch.long)
         inv_t = torch.tensor(inv)
         kb = kbias.view(len(kbias) // self.KV, self.KV, 1, -1)
@@ -269,18 +273,21 @@ class FastDecoder:
             for i, j in enumerate(bucket):
                 ids[i, w - len(ctxs[j]):] = torch.tensor(ctxs[j], dtype=torch.long)
                 keymask[i, w - len(ctxs[j]):] = True
-            tmp = [(torch.empty(len(bucket), self.KV, w, self.D), torch.empty(len(bucket), self.KV, w, self.D)) for _ in cache]
+            tmp = [(torch.empty(len(bucket), self.KV, w, self.D, device=dev), torch.empty(len(bucket), self.KV, w, self.D, device=dev))
+                   for _ in cache]
             upos = (keymask.long().cumsum(-1) - 1).clamp(min=0)
-            ulogits = self._prefill(W, ids, upos, keymask, cos, sin, tmp)
+            keymask_d = keymask.to(dev)
+            ulogits = self._prefill(W, ids.to(dev), upos.to(dev), keymask_d, cos, sin, tmp)
             slot = torch.full((len(ctxs),), -1, dtype=torch.long)
             slot[torch.tensor(bucket)] = torch.arange(len(bucket))
             mine = (slot[inv_t] >= 0).nonzero().squeeze(1)  # requests of this bucket
             src, dst = slot[inv_t[mine]], rows[mine]
+            src_d, dst_d = src.to(dev), dst.to(dev)
             for (kc, vc), (tk, tv) in zip(cache, tmp):
-                kc[dst, :, :w], vc[dst, :, :w] = tk[src], tv[src]
-            kb[dst] = float("-inf")
-            kb[dst, :, 0, :w] = torch.where(keymask[src], 0.0, float("-inf"))[:, None]
-            logits[mine], pos[mine], col[mine] = ulogits[src], upos[src, -1], w - 1
+                kc[dst_d, :, :w], vc[dst_d, :, :w] = tk[src_d], tv[src_d]
+            kb[dst_d] = float("-inf")
+            kb[dst_d, :, 0, :w] = torch.where(keymask_d[src_d], 0.0, float("-inf"))[:, None]
+            logits[mine.to(dev)], pos[mine], col[mine] = ulogits[src_d], upos[src, -1], w - 1
         return logits, pos, col
 
     @torch.inference_mode()
@@ -314,10 +321,11 @@ class FastDecoder:
         # a row's context sits left-padded to its prefill bucket's width: up to the longest context
         tcap = max(len(contexts[i]) for i in waiting) + max(limits[i] for i in waiting)
         W = self._weights()
+        dev = W[0].device  # the model's: weights, caches and logits; the loop's bookkeeping stays on the CPU
         cos, sin = self._rope(tcap)
         # zeros, not empty: a row reads columns it never wrote (masked, weight 0, but 0 * NaN = NaN)
-        cache = [(torch.zeros(S, self.KV, tcap, self.D), torch.zeros(S, self.KV, tcap, self.D)) for _ in W[1]]
-        kbias = torch.full((S * self.KV, 1, tcap), float("-inf"))
+        cache = [(torch.zeros(S, self.KV, tcap, self.D, device=dev), torch.zeros(S, self.KV, tcap, self.D, device=dev)) for _ in W[1]]
+        kbias = torch.full((S * self.KV, 1, tcap), float("-inf"), device=dev)
         tracker = None if params.repeat is None else RepeatTracker(params.repeat, prefixes or [()] * b)
         repeated, stopped_by = set(), set()
         eos_ids = torch.tensor([eos] if isinstance(eos, int) else list(eos), dtype=torch.long)
@@ -334,6 +342,7 @@ class FastDecoder:
         hist = []  # per step: (request of each row, token index, tokens, log-probs, which rows took it)
         while True:
             tok, lp = sample_next(logits, params, gen)
+            tok, lp = tok.cpu(), lp.cpu()
             hist.append((orig.clone(), nout.clone(), tok, lp, alive.clone()))
             nout += alive
             alive &= ~torch.isin(tok, eos_ids)
@@ -359,6 +368,7 @@ class FastDecoder:
             if not waiting and free >= self.compact_at * len(alive):  # drop finished rows, compact the cache
                 keep = alive.nonzero().squeeze(1)
                 orig, nout, alive, tok, pos, col, limit = (x[keep] for x in (orig, nout, alive, tok, pos, col, limit))
+                keep = keep.to(dev)
                 cache = [(kc[keep], vc[keep]) for kc, vc in cache]
                 kbias = kbias.view(-1, self.KV, 1, tcap)[keep].view(-1, 1, tcap)
                 spans = None
@@ -367,10 +377,11 @@ class FastDecoder:
                 if spans is None:
                     spans = _spans(col.tolist(), alive.tolist())
                     # finished rows may now scan fewer columns than they wrote: give them column 0 (finite)
-                    kbias.view(-1, self.KV, 1, tcap)[~alive, :, 0, 0] = 0.0
+                    kbias.view(-1, self.KV, 1, tcap)[(~alive).to(dev), :, 0, 0] = 0.0
                 else:
                     spans = [(a, b_, min(n + 1, tcap)) for a, b_, n in spans]
-                logits = self._decode(W, tok, cos[pos], sin[pos], cache, col, spans, kbias)
+                pos_d = pos.to(dev)
+                logits = self._decode(W, tok.to(dev), cos[pos_d], sin[pos_d], cache, col.to(dev), spans, kbias)
                 self.stats["decode_steps"] += 1
                 self.stats["rows_decoded"] += len(tok)
             if waiting and free >= min(len(waiting), self.compact_at * len(alive)):  # refill free rows
@@ -378,8 +389,8 @@ class FastDecoder:
                 reqs, waiting = waiting[: len(rows)], waiting[len(rows):]
                 new_logits, new_pos, new_col = self._admit(W, contexts, reqs, rows, cos, sin, cache, kbias, pad)
                 if not n_alive:
-                    logits = torch.zeros(len(alive), new_logits.shape[1])
-                logits[rows], pos[rows], col[rows] = new_logits, new_pos, new_col
+                    logits = torch.zeros(len(alive), new_logits.shape[1], device=dev)
+                logits[rows.to(dev)], pos[rows], col[rows] = new_logits, new_pos, new_col
                 spans = None
                 orig[rows] = torch.tensor(reqs)
                 limit[rows], nout[rows], alive[rows] = limit_all[orig[rows]], 0, True

@@ -167,7 +167,11 @@ def token_logprobs(model, input_ids: torch.Tensor, lengths: torch.Tensor, block_
     padding_idx = model.model.embed_tokens.padding_idx
 
     clusters = shared_prefixes(input_ids, lengths)
-    tok, pos, blocks, src, P, cl, Pm = _layout(input_ids, lengths, clusters, block_cost)
+    tok, pos, blocks, src, P, cl, Pm = _layout(input_ids, lengths, clusters, block_cost)  # index tables, built on the CPU
+    dev = input_ids.device
+    if dev.type != "cpu":  # moved once, to the model's device
+        tok, pos, src, P, cl = (t.to(dev) for t in (tok, pos, src, P, cl))
+        blocks = [(start, B, S, None if rows is None else rows.to(dev)) for start, B, S, rows in blocks]
     ids = torch.cat([input_ids.flatten(), input_ids.new_tensor([padding_idx or 0])])[tok]  # (M,)
     x = F.embedding(ids, emb, padding_idx)  # (M, C); no gradient to the pad row, as nn.Embedding
     cos, sin = (t[0, :, None] for t in model.model.rotary_emb(emb[:1], pos[None]))  # (M, 1, D)
@@ -176,8 +180,9 @@ def token_logprobs(model, input_ids: torch.Tensor, lengths: torch.Tensor, block_
         if rows is None or not clusters:
             masks.append(None)
             continue
-        pre = torch.arange(Pm)[None, None, :] < P[rows][:, None, None]  # (B, 1, Pm)
-        masks.append(torch.cat([pre.expand(-1, S, -1), torch.ones(S, S, dtype=torch.bool).tril().expand(B, -1, -1)], -1)[:, None])
+        pre = torch.arange(Pm, device=dev)[None, None, :] < P[rows][:, None, None]  # (B, 1, Pm)
+        causal = torch.ones(S, S, dtype=torch.bool, device=dev).tril()
+        masks.append(torch.cat([pre.expand(-1, S, -1), causal.expand(B, -1, -1)], -1)[:, None])
     gqa = KV != H
 
     for n1, w, b, wo, bo, n2, wgu, wd in layers:
@@ -202,7 +207,7 @@ def token_logprobs(model, input_ids: torch.Tensor, lengths: torch.Tensor, block_
         x = x + F.linear(F.silu(gu[:, :i]) * gu[:, i:], wd)
 
     # ---- log-probs of the real targets only ----
-    real = torch.arange(T - 1)[None] < (lengths - 1)[:, None]  # (N, T-1): target t+1 is a real token
+    real = torch.arange(T - 1, device=dev)[None] < (lengths.to(dev) - 1)[:, None]  # (N, T-1): target t+1 is a real token
     h = F.rms_norm(x[src[real]], (x.shape[-1],), nw, eps)  # (R, C)
     lp = -F.cross_entropy(F.linear(h, head), input_ids[:, 1:][real], reduction="none")  # (R,)
-    return torch.zeros(N, T - 1, dtype=lp.dtype).masked_scatter(real, lp)
+    return torch.zeros(N, T - 1, dtype=lp.dtype, device=dev).masked_scatter(real, lp)

@@ -54,8 +54,8 @@ STALE = ("ignore", "exclude", "truncated_is")
 def _group_sums(values: torch.Tensor, group_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-group sum and count, indexed by group id: ``(G,)`` each, ``G = max id + 1``."""
     n_groups = int(group_index.max()) + 1 if len(group_index) else 0
-    sums = torch.zeros(n_groups, dtype=values.dtype).index_add_(0, group_index, values)
-    counts = torch.zeros(n_groups, dtype=values.dtype).index_add_(0, group_index, torch.ones_like(values))
+    sums = values.new_zeros(n_groups).index_add_(0, group_index, values)
+    counts = values.new_zeros(n_groups).index_add_(0, group_index, torch.ones_like(values))
     return sums, counts
 
 
@@ -441,7 +441,7 @@ class PolicyGradientLoss:
 
     def keep_rows(self, ctx, batch: TrainBatch) -> torch.Tensor:
         """``(N,)`` bool: rows that enter the loss (all by default)."""
-        return torch.ones(len(batch), dtype=torch.bool)
+        return torch.ones(len(batch), dtype=torch.bool, device=batch.returns.device)
 
     def token_loss(self, logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor):
         """Per-token loss ``(N, T-1)`` and stats; the (clipped) surrogate by default."""

@@ -151,7 +151,8 @@ def build_tiny_model(vocab_size: int, arch: str, hidden_size: int, num_layers: i
 class Policy:
     """A causal LM and its tokenizer.
 
-    :ivar model: the trainable ``PreTrainedModel`` (float32 on the CPU by default).
+    :ivar model: the trainable ``PreTrainedModel`` (float32 on the CPU by default; the trainer
+        moves it to ``train.device``, :attr:`device`).
     :ivar tokenizer: its tokenizer; ``pad_token_id`` and ``eos_token_id`` are set.
     :ivar fast: compute :meth:`token_logprobs` with :func:`reasonzoo.fasttrain.token_logprobs`
         where it is exact (Llama/Qwen2, fp32, right padding); ``False``: always the HF forward.
@@ -177,6 +178,12 @@ class Policy:
                              "(the tokenizer has none, or model.chat_template=none)")
         if self.overlong not in OVERLONG:
             raise ValueError(f"model.overlong={self.overlong!r}: allowed values are {', '.join(OVERLONG)}")
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's parameters (``train.device``, :mod:`reasonzoo.device`):
+        inputs to :meth:`token_logprobs` and the engines' tensors go there."""
+        return next(self.model.parameters()).device
 
     @property
     def eos_token_id(self) -> int:
@@ -293,7 +300,7 @@ class Policy:
         m = attention_mask
         right_padded = m is None or bool(m[:, 0].all()) and bool((m[:, 1:] <= m[:, :-1]).all())
         if right_padded and self.fast and unsupported(self.model) is None:
-            lengths = torch.full(input_ids.shape[:1], input_ids.shape[1]) if m is None else m.sum(-1)
+            lengths = torch.full(input_ids.shape[:1], input_ids.shape[1], device=input_ids.device) if m is None else m.sum(-1)
             return token_logprobs(self.model, input_ids, lengths)
         logits = self.model(input_ids=input_ids, attention_mask=None if right_padded else m).logits[:, :-1]  # (N, T-1, V)
         n, t, v = logits.shape

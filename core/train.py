@@ -95,10 +95,10 @@ def _resume(run_dir: str, extra: list[str]) -> None:
     saved = path / CONFIG_FILE
     if not saved.is_file():
         raise UsageError(f"resume={run_dir}: not a reasonzoo run directory ({CONFIG_FILE} missing)")
-    placement = [o for o in extra if _key_of(o).split(".")[0] == "launcher"]
+    placement = [o for o in extra if _key_of(o).split(".")[0] == "launcher" or _key_of(o) == "train.device"]
     if len(placement) < len(extra):
         raise UsageError(f"resume takes the run's saved config; drop the overrides {[o for o in extra if o not in placement]} "
-                         "(only launcher=... and launcher.*=... may change: where the run executes, not what it computes)")
+                         "(only launcher=..., launcher.*=... and train.device=... may change: where the run executes, not what it computes)")
     try:
         cfg = OmegaConf.load(saved)
     except UnicodeDecodeError as exc:
@@ -113,8 +113,9 @@ def _resume(run_dir: str, extra: list[str]) -> None:
 
 def _override_launcher(cfg: DictConfig, overrides: list[str]) -> None:
     """Apply ``launcher=<name>`` (that launcher's defaults from ``conf/launcher/<name>.yaml``) and
-    ``launcher.<key>=<value>`` to a resumed run's saved config: a checkpoint resumes on another
-    world size or cluster (a run saved before the launcher group had none: ``local``)."""
+    ``launcher.<key>=<value>`` (and ``train.device=<device>``) to a resumed run's saved config: a
+    checkpoint resumes on another world size, cluster or device (a run saved before the launcher
+    group had none: ``local``)."""
     import importlib.resources
 
     import yaml

@@ -10,7 +10,7 @@ Shapes: ``N`` = number of rollouts in a batch, ``T`` = padded sequence length
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 import torch
@@ -257,6 +257,15 @@ class TrainBatch:
             group_index=self.group_index[index],
             extras={k: rows(v) for k, v in self.extras.items()},
         )
+
+    def to(self, device: torch.device | str) -> "TrainBatch":
+        """The batch with every tensor (extras included) on ``device`` (``train.device``); itself
+        when they are all there already (the CPU case)."""
+        device = torch.device(device)
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extras"}
+        if all(t.device == device for t in (*own.values(), *self.extras.values())):
+            return self
+        return TrainBatch(**{k: v.to(device) for k, v in own.items()}, extras={k: v.to(device) for k, v in self.extras.items()})
 
 
 @dataclass(frozen=True)

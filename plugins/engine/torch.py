@@ -133,10 +133,12 @@ class TorchEngine:
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         tracker = None if params.repeat is None else RepeatTracker(params.repeat, [r.prefix_ids for r in reqs])
         seqs = [list(r.prefix_ids) for r in reqs]
-        res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+        dev = self.policy.device  # the model's inputs go there; the bookkeeping stays on the CPU
+        res = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), use_cache=True, logits_to_keep=1)
         for t in range(steps):
             cache = res.cache if hasattr(res, "cache") and res.cache is not None else res.past_key_values
             tok, lp = sample_next(res.logits[:, -1], params, gen)
+            tok, lp = tok.cpu(), lp.cpu()
             active = ~done
             toks[active, t], lps[active, t] = tok[active], lp[active]
             n_out += active.long()
@@ -160,8 +162,8 @@ class TorchEngine:
                 break
             mask = torch.cat([mask, torch.ones((b, 1), dtype=torch.long)], 1)
             pos = pos[:, -1:] + 1
-            res = model(input_ids=torch.where(done, pad, tok)[:, None], attention_mask=mask, position_ids=pos,
-                        use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
+            res = model(input_ids=torch.where(done, pad, tok)[:, None].to(dev), attention_mask=mask.to(dev),
+                        position_ids=pos.to(dev), use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
         model.train(was_training)
         return [Generation(tuple(toks[i, : n_out[i]].tolist()), tuple(lps[i, : n_out[i]].tolist()), reason[i]) for i in range(b)]
 

@@ -151,9 +151,9 @@ class PPOLoss(PolicyGradientLoss):
     @hookimpl
     def rz_trainable_parameters(self, ctx, policy):
         if self.cfg.critic == "head":
-            self.critic = ValueHead(int(policy.model.config.hidden_size))
+            self.critic = ValueHead(int(policy.model.config.hidden_size)).to(policy.device)
         else:
-            self.critic = ValueModel(policy.model)
+            self.critic = ValueModel(policy.model)  # a copy of the trunk: on the policy's device
         group = {"params": list(self.critic.parameters()), "name": "critic"}
         if self.cfg.critic_lr > 0:
             group["lr"] = self.cfg.critic_lr

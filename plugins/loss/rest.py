@@ -56,7 +56,7 @@ BEST_BY = ("return", "score")
 def best_correct(returns: torch.Tensor, correct: torch.Tensor, group_index: torch.Tensor) -> torch.Tensor:
     """``(N,)`` bool: the first correct row of highest return in each group; none in a group
     without a correct row."""
-    out = torch.zeros(len(returns), dtype=torch.bool)
+    out = torch.zeros(len(returns), dtype=torch.bool, device=returns.device)
     for g in group_index.unique():
         rows = ((group_index == g) & correct.bool()).nonzero().flatten()
         if len(rows):
@@ -78,7 +78,7 @@ class ReSTLoss(PolicyGradientLoss):
         super().__init__(cfg)
 
     def advantages(self, ctx, batch) -> torch.Tensor:
-        return torch.ones(len(batch))
+        return torch.ones(len(batch), device=batch.returns.device)
 
     def keep_rows(self, ctx, batch) -> torch.Tensor:
         rank = batch.returns if self.cfg.best_by == "return" else torch.zeros_like(batch.returns)  # score: the first correct

@@ -132,6 +132,7 @@ class SFTWarmup:
                 target_mask[i, st - 1 : len(s) - 1] = 1
             # the plain HF forward: with the lean path (Policy.token_logprobs, same maths, other
             # rounding) the default seed's warm-up under-learned the operand copy (see module doc)
+            ids, mask, target_mask = (t.to(policy.device) for t in (ids, mask, target_mask))  # train.device
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
             nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
             loss = (nll.view_as(target_mask) * target_mask).sum() / target_mask.sum()
