@@ -60,6 +60,11 @@ class DataParallel:
     :ivar control: the gloo group rank 0's commands travel on (``None``: the default group).
     :ivar stopped: rank 0 has told the followers to stop (:meth:`Leader.stop`): they are leaving
         cleanly; otherwise (a failed run) a placement kills them.
+    :ivar strategy: ``launcher.strategy``: ``ddp`` (replicated parameters) or ``fsdp2`` (the policy's
+        parameters sharded, :mod:`reasonzoo.fsdp`).
+    :ivar device_type: where the shards live under fsdp2: ``cpu`` (gloo) or ``cuda`` (nccl).
+    :ivar sharded: under fsdp2, this rank's :class:`reasonzoo.fsdp.Sharded` once :meth:`shard` ran
+        (at :meth:`Leader.sync`); else ``None``.
     """
 
     rank: int
@@ -67,6 +72,9 @@ class DataParallel:
     group: Any = None
     control: Any = None
     stopped: bool = False
+    strategy: str = "ddp"
+    device_type: str = "cpu"
+    sharded: Any = None
 
     def parts(self, n: int) -> int:
         """Micro-batches per minibatch: ``n`` (``train.microbatches``) rounded up to a multiple of
@@ -87,8 +95,11 @@ class DataParallel:
         """Sum every parameter's gradient over the ranks, in place, with one ``all_reduce`` of
         all of them flattened (a parameter without a gradient on this rank counts as zeros and
         gets the sum; one without a gradient on every rank gets zeros). Gradients of one dtype
-        per call (fp32 on CPU)."""
-        params = [p for p in params if p.requires_grad]
+        per call (fp32 on CPU). Sharded parameters (``DTensor``: fsdp2, reduced by FSDP2) are
+        skipped."""
+        from torch.distributed.tensor import DTensor
+
+        params = [p for p in params if p.requires_grad and not isinstance(p, DTensor)]
         if not params:
             return
         flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
@@ -116,6 +127,25 @@ class DataParallel:
         with torch.no_grad():
             for p in params:
                 torch.distributed.broadcast(p.data, src=0, group=self.group)
+
+    def shard(self, ctx) -> None:
+        """Under fsdp2 (once, every rank, after the weights are equal): shard ``ctx.policy``'s model
+        (:class:`reasonzoo.fsdp.Sharded`; rank 0 keeps its plain model as the full view) and
+        replace ``ctx.optimizer`` by one over the shards, carrying its state. A no-op under ddp."""
+        from .fsdp import Sharded
+
+        if self.strategy != "fsdp2" or self.sharded is not None:
+            return
+        old = list(ctx.policy.model.parameters())
+        self.sharded = Sharded(ctx.policy, self.world_size, self.device_type, keep_view=self.rank == 0)
+        ctx.optimizer = self.sharded.shard_optimizer(ctx.optimizer, old)
+
+    def optimizer_state(self, optimizer) -> dict:
+        """The optimizer's state dict in the one-process format (full tensors): under fsdp2 a
+        collective (:func:`reasonzoo.fsdp.full_optimizer_state`), else the local state dict."""
+        from .fsdp import full_optimizer_state
+
+        return full_optimizer_state(optimizer) if self.sharded is not None else optimizer.state_dict()
 
 
 def optimizer_params(optimizer) -> list[torch.nn.Parameter]:
@@ -154,6 +184,14 @@ class Leader:
         facts = {"logprobs_match_policy": bool(getattr(ctx.engine, "logprobs_match_policy", False))}
         self._send(ctx, "sync", engine=facts, optimizer=optimizer_state, plugins=plugin_state)
         self.dp.broadcast_params(optimizer_params(ctx.optimizer))
+        self.dp.shard(ctx)
+
+    def optimizer_state(self, ctx) -> dict:
+        """The optimizer's full state dict for a checkpoint; under fsdp2 the followers join the
+        gathering of the shards (command ``optimizer_state``)."""
+        if self.dp.sharded is not None:
+            self._send(ctx, "optimizer_state")
+        return self.dp.optimizer_state(ctx.optimizer)
 
     def iteration(self, ctx, batch, groups) -> None:
         """Followers replay ``rz_iteration_start``, join the update of ``batch`` (``None``: an
@@ -181,7 +219,10 @@ def follower_loop(cfg, run_dir, dp: DataParallel) -> int:
     from .registry import build_plugins, make_manager
     from .trainer import param_groups, update
 
+    from .fsdp import strategy_of
+
     rc = validate(cfg)
+    dp.strategy = strategy_of(cfg)
     torch.set_num_threads(rc.threads)
     torch.manual_seed(rc.seed)
     pm = make_manager(build_plugins(cfg))
@@ -203,7 +244,10 @@ def follower_loop(cfg, run_dir, dp: DataParallel) -> int:
             if cmd["plugins"] is not None:
                 replay(pm, "rz_load_state", ctx, state=cmd["plugins"])
             dp.broadcast_params(optimizer_params(ctx.optimizer))
+            dp.shard(ctx)
             replay(pm, "rz_run_start", ctx)
+        elif cmd["kind"] == "optimizer_state":
+            dp.optimizer_state(ctx.optimizer)
         elif cmd["kind"] == "iteration":
             replay(pm, "rz_iteration_start", ctx)
             if cmd["batch"] is not None:

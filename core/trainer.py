@@ -37,6 +37,7 @@ from .checkpoint import atomic_write_text, latest_checkpoint, load_into, load_st
 from .config import RunConfig, validate
 from .context import RunContext
 from .distributed import Leader, optimizer_params
+from .fsdp import check_strategy, clip_grad_norm, strategy_of
 from .launch import LocalPlacement
 from .evaluation import EvalSettings, eval_split, training_metrics
 from .evaluation import evaluate as run_eval
@@ -235,10 +236,16 @@ def update(ctx: RunContext, batch: TrainBatch, cfg: RunConfig) -> dict[str, floa
     With several trainer ranks (``ctx.data_parallel``) each runs every R-th micro-batch and the
     gradients and ``Σ d_i`` are summed over the ranks before the division (:mod:`reasonzoo.distributed`;
     ``train/ranks`` logs R)."""
+    dp = ctx.data_parallel  # None on one rank; else this rank runs every R-th micro-batch (reasonzoo.distributed)
+    sharded = dp.sharded if dp is not None else None  # fsdp2: the losses run the sharded training policy (reasonzoo.fsdp)
+    if sharded is not None:
+        ctx = replace(ctx, policy=sharded.policy)
     model, opt = ctx.policy.model, ctx.optimizer
     with torch.no_grad():
         model.eval()
         extras = _merge(ctx.hook.rz_prepare_update(ctx=ctx, batch=batch), "rz_prepare_update")
+    if sharded is not None:
+        sharded.reshard()  # the prepare forwards leave the parameters gathered
     batch = replace(batch, extras={**batch.extras, **extras})
     lengths = batch.attention_mask.sum(-1)
     g = batch.group_index
@@ -247,7 +254,6 @@ def update(ctx: RunContext, batch: TrainBatch, cfg: RunConfig) -> dict[str, floa
     model.train()
     sums: dict[str, list[float]] = defaultdict(list)
     gen = ctx.generator("minibatch")
-    dp = ctx.data_parallel  # None on one rank; else this rank runs every R-th micro-batch (reasonzoo.distributed)
     n_parts = dp.parts(cfg.train.microbatches) if dp else cfg.train.microbatches
     params = optimizer_params(opt)  # the policy's and any critic's
     for _ in range(cfg.train.epochs):
@@ -257,12 +263,16 @@ def update(ctx: RunContext, batch: TrainBatch, cfg: RunConfig) -> dict[str, floa
             parts = _microbatches(index, sort_key, n_parts)
             summed = len(parts) > 1 or dp is not None  # gradients of loss_i * d_i, divided by Σ d_i below
             opt.zero_grad(set_to_none=True)
+            if sharded is not None:  # gather the parameters once; gradients accumulate here until end()
+                sharded.begin()
             done = []
             for part in dp.mine(parts) if dp else parts:
                 out = ctx.hook.rz_loss(ctx=ctx, batch=batch.select(part))
                 d = float(len(part) if out.denominator is None else out.denominator)
                 (out.loss * d if summed else out.loss).backward()
                 done.append((d, {"loss/total": float(out.loss.detach()), **{k: float(v) for k, v in out.metrics.items()}}))
+            if sharded is not None:  # one reduce-scatter of the policy's gradients (summed), on every rank
+                sharded.end()
             total = sum(d for d, _ in done)
             if dp is not None:  # Σ over ranks of the gradients and of the units: as one process running every part
                 total = dp.all_reduce_sum(total)
@@ -281,10 +291,12 @@ def update(ctx: RunContext, batch: TrainBatch, cfg: RunConfig) -> dict[str, floa
             sums["train/empty_step_frac"].append(0.0)
             if cfg.train.max_grad_norm > 0:  # per param group: a critic's norm does not clip the policy
                 for i, group in enumerate(opt.param_groups):
-                    norm = torch.nn.utils.clip_grad_norm_(group["params"], cfg.train.max_grad_norm)
-                    sums["train/grad_norm" if i == 0 else f"train/grad_norm/{group.get('name', i)}"].append(float(norm))
+                    norm = clip_grad_norm(group["params"], cfg.train.max_grad_norm)
+                    sums["train/grad_norm" if i == 0 else f"train/grad_norm/{group.get('name', i)}"].append(norm)
             opt.step()
     model.eval()
+    if sharded is not None:  # rank 0's full weights (engine, evaluation, checkpoints) take the update
+        sharded.refresh()
     out = {k: sum(v) / len(v) for k, v in sums.items()}
     if dp is not None:
         out["train/ranks"] = float(dp.world_size)
@@ -344,6 +356,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         complete checkpoint for the resume hint.
     """
     rc = validate(cfg)
+    check_strategy(cfg)  # launcher.strategy=fsdp2 with what it cannot run: one line, before any work
     run_dir = Path(run_dir)
     if rc.resume and is_finished(run_dir):
         return _finished(run_dir)
@@ -404,6 +417,8 @@ def _train_locked(cfg: DictConfig, run_dir: Path, old_log_bytes: int = 0) -> dic
             lr=rc.train.lr, weight_decay=rc.train.weight_decay, betas=tuple(rc.train.betas)
         )
         ctx.data_parallel = placement.start_trainer(ctx)
+        if ctx.data_parallel is not None:  # ddp or fsdp2 (reasonzoo.fsdp): the policy is sharded at Leader.sync
+            ctx.data_parallel.strategy = strategy_of(cfg)
         return _train_placed(cfg, rc, run_dir, old_log_bytes, ctx, placement, train_problems, eval_problems, data_metrics)
     except BaseException as exc:
         why = placement.diagnose() if hasattr(placement, "diagnose") else None
@@ -533,7 +548,8 @@ def _train_placed(cfg, rc, run_dir, old_log_bytes, ctx, placement, train_problem
                     log.info(iteration_line(record, rc.iterations))
                     hook.rz_log_metrics(ctx=ctx, metrics=record, step=it)
                     if it == rc.iterations or stopped_by or it % rc.checkpoint.every == 0:
-                        save_checkpoint(run_dir, it, policy, _state(ctx, it, spent, produced), keep=rc.checkpoint.keep)
+                        optimizer = leader.optimizer_state(ctx) if leader is not None else ctx.optimizer.state_dict()
+                        save_checkpoint(run_dir, it, policy, _state(ctx, it, spent, produced, optimizer), keep=rc.checkpoint.keep)
                     bar.set_postfix({k.split("/")[-1]: f"{record[k]:.3g}" for k in
                                      ("reward/accuracy", "response/mean_length", "eval/accuracy") if k in record})
                     if stopped_by:
@@ -586,15 +602,17 @@ def _spent_text(spent: dict) -> str:
     return f"{spent['tokens']} tokens generated, {spent['seconds']:.1f} s of RL"
 
 
-def _state(ctx: RunContext, iteration: int, spent: dict, produced=None) -> dict[str, Any]:
+def _state(ctx: RunContext, iteration: int, spent: dict, produced=None, optimizer: dict | None = None) -> dict[str, Any]:
     """A checkpoint's trainer state. ``produced``: an asynchronous run's next batch, already
-    generated (``_produce``'s result): kept, so a resumed run trains the same batch."""
+    generated (``_produce``'s result): kept, so a resumed run trains the same batch. ``optimizer``:
+    the optimizer's full state dict (:meth:`reasonzoo.distributed.Leader.optimizer_state` under
+    fsdp2, where it is a collective); ``None``: ``ctx.optimizer.state_dict()``."""
     return {
         "iteration": iteration,
         "pending": produced,
         "policy_version": ctx.policy_version,
         "spent": dict(spent),
-        "optimizer": ctx.optimizer.state_dict(),
+        "optimizer": ctx.optimizer.state_dict() if optimizer is None else optimizer,
         "torch_rng": torch.get_rng_state(),
         "plugins": _merge(ctx.hook.rz_checkpoint_state(ctx=ctx), "rz_checkpoint_state"),
     }

@@ -1,11 +1,13 @@
 """``launcher=local`` (the default): the run on this machine, as ``reasonzoo-train`` always ran.
 
 With ``trainer_ranks > 1`` the update is data-parallel over that many local processes
-(:mod:`reasonzoo.distributed`; this process is rank 0 and runs the loop and the engine).
+(:mod:`reasonzoo.distributed`; this process is rank 0 and runs the loop and the engine), with the
+policy replicated (``strategy=ddp``) or sharded (``strategy=fsdp2``, :mod:`reasonzoo.fsdp`).
 """
 from dataclasses import dataclass
 
 from reasonzoo import hookimpl, plugin
+from reasonzoo.fsdp import STRATEGIES
 from reasonzoo.launch import LocalPlacement, check_nccl
 from reasonzoo.ranges import ranged
 
@@ -16,6 +18,7 @@ BACKENDS = ("gloo", "nccl")
 class LocalLauncherConfig:
     trainer_ranks: int = ranged(1, ge=1)  #: trainer ranks on this machine, this process included (1: no process group)
     backend: str = "gloo"  #: torch.distributed backend of the gradients: gloo (CPU) or nccl (GPUs)
+    strategy: str = "ddp"  #: ddp: every rank holds the whole policy; fsdp2: its parameters, gradients and optimizer state sharded over the ranks (reasonzoo.fsdp)
     timeout_s: float = ranged(86400.0, gt=0)  #: longest wait of a rank for rank 0 (rollouts, rewards, evaluation, warm-up)
 
 
@@ -26,6 +29,8 @@ class Local:
     def __init__(self, cfg: LocalLauncherConfig):
         if cfg.backend not in BACKENDS:
             raise ValueError(f"launcher.backend={cfg.backend!r}: allowed values are {', '.join(BACKENDS)}")
+        if cfg.strategy not in STRATEGIES:
+            raise ValueError(f"launcher.strategy={cfg.strategy!r}: allowed values are {', '.join(STRATEGIES)}")
         self.cfg = cfg
 
     @staticmethod

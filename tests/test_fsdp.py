@@ -1,0 +1,207 @@
+"""launcher.strategy=fsdp2 (reasonzoo.fsdp): the policy sharded over 2 gloo ranks gives the one-process
+update, trains and resumes as one rank does, and refuses what it cannot run in one line.
+
+Ranks are forked processes (``torch.distributed`` with gloo, file rendezvous), as in
+tests/test_distributed.py. Tolerance: FSDP2 sums the ranks' gradients in another order than one
+process sums its micro-batches (a reduce-scatter of the accumulated gradients), so parameters after
+one SGD step (lr 1) agree to 1e-6 absolute (float32), as under ddp.
+"""
+import copy
+import json
+import multiprocessing
+import sys
+import traceback
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from reasonzoo.config import validate
+from reasonzoo.distributed import DataParallel
+from reasonzoo.fsdp import check_strategy
+from reasonzoo.plugins.loss.grpo import GRPOLoss, GRPOLossConfig
+from reasonzoo.plugins.loss.k15 import K15Loss, K15LossConfig
+from reasonzoo.plugins.loss.ppo import PPOLoss, PPOLossConfig
+from reasonzoo.registry import PluginError, make_manager
+from reasonzoo.testing import assert_same_run, scored_group
+from reasonzoo.train import compose
+from reasonzoo.trainer import CONFIG_FILE, collate, param_groups, train, update
+
+LOSSES = {
+    "k15": lambda: K15Loss(K15LossConfig()),  # a mean over rows
+    "grpo_token_mean": lambda: GRPOLoss(GRPOLossConfig(aggregation="token-mean", clip_high=0.28)),
+    "ppo_head": lambda: PPOLoss(PPOLossConfig(critic="head")),  # a replicated critic head beside the shards
+}
+
+
+def _batch(policy):
+    """Three groups of unequal lengths (7 rows: not a multiple of the micro-batches)."""
+    return collate([
+        scored_group(policy, [1, 0, 0, 1], ["3#3", "#4", "1+2=3;3+4=7;7*2=4;#4", "12;#3"], "p"),
+        scored_group(policy, [1, 0], ["1+2=3;#3", "#7"], "q"),
+        scored_group(policy, [0, 1], ["1+2=3;3*3=9;9+9=8;8-1=7;#7", "#3"], "r"),
+    ], policy.pad_token_id)
+
+
+def _full(t):
+    from torch.distributed.tensor import DTensor
+
+    return t.full_tensor() if isinstance(t, DTensor) else t.detach().clone()
+
+
+def _step(make_ctx, tiny_policy, loss, overrides, dp=None, lr=1.0, optimizer=torch.optim.SGD):
+    """Every trainable parameter's change after one update (``optimizer`` at ``lr``), the
+    metrics, and on rank 0 of fsdp2 the full view's change (the weights the engine reads)."""
+    policy = copy.deepcopy(tiny_policy)
+    ctx = make_ctx(["train.minibatch_size=64", *overrides], policy=policy)
+    plugin = LOSSES[loss]()
+    ctx.hook = make_manager({"loss": plugin}).hook
+    groups = param_groups(policy, ctx.hook.rz_trainable_parameters(ctx=ctx, policy=policy))
+    if loss == "ppo_head":  # the same head on every rank and in the one-process run
+        torch.manual_seed(1)
+        for p in groups[1]["params"]:
+            torch.nn.init.normal_(p, std=0.1)
+    ctx.optimizer = optimizer(groups, lr=lr)
+    before = [p.detach().clone() for g in groups for p in g["params"]]
+    view = list(policy.model.parameters())
+    ctx.data_parallel = dp
+    if dp is not None:
+        dp.shard(ctx)
+    ctx.hook.rz_iteration_start(ctx=ctx)
+    metrics = update(ctx, _batch(policy), validate(ctx.cfg))
+    after = [_full(p) for g in ctx.optimizer.param_groups for p in g["params"]]
+    seen = [b - p.detach() for b, p in zip(before, view)] if dp is None or dp.rank == 0 else None
+    return [b - a for b, a in zip(before, after)], metrics, seen
+
+
+def _on_ranks(world, target, tmp_path, *args):
+    """Run ``target(dp, *args)`` on ``world`` forked gloo ranks (strategy fsdp2); results in rank order."""
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+
+    def rank_main(rank):
+        try:
+            torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=rank,
+                                                 world_size=world)
+            try:
+                torch.save(target(DataParallel(rank, world, strategy="fsdp2"), *args), tmp_path / f"rank{rank}.pt")
+                queue.put((rank, None))
+            finally:
+                torch.distributed.destroy_process_group()
+        except BaseException:  # noqa: BLE001 - reported to the parent
+            queue.put((rank, traceback.format_exc()))
+
+    procs = [ctx.Process(target=rank_main, args=(r,)) for r in range(world)]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        rank, err = queue.get(timeout=300)
+        assert err is None, f"rank {rank}:\n{err}"
+    for p in procs:
+        p.join(timeout=60)
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+
+def _same_update(one, ranks, atol=1e-6):
+    for deltas, _, _ in ranks:  # every rank took the one-process step
+        for a, b in zip(one, deltas):
+            torch.testing.assert_close(b, a, atol=atol, rtol=1e-5)
+    for a, b in zip(one, ranks[0][2]):  # and rank 0's full view (engine, evaluation, checkpoints) holds it
+        torch.testing.assert_close(b, a, atol=atol, rtol=1e-5)
+
+
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+@pytest.mark.parametrize("microbatches", [1, 2, 3])
+def test_fsdp2_on_two_ranks_gives_the_one_process_update(make_ctx, tiny_policy, tmp_path, loss, microbatches):
+    args = [f"train.microbatches={microbatches}", "train.max_grad_norm=0"]
+    one, metrics1, _ = _step(make_ctx, tiny_policy, loss, args)
+    assert any(g.abs().max() > 1e-5 for g in one)
+    ranks = _on_ranks(2, lambda dp: _step(make_ctx, tiny_policy, loss, args, dp), tmp_path)
+    _same_update(one, ranks)
+    for _, metrics, _ in ranks:
+        assert metrics["loss/total"] == pytest.approx(metrics1["loss/total"], abs=1e-6)
+        assert set(metrics) == set(metrics1) | {"train/ranks"} and metrics["train/ranks"] == 2.0
+
+
+def test_a_rank_without_a_micro_batch_still_joins_and_takes_the_step(make_ctx, tiny_policy, tmp_path):
+    """Minibatches of one row (7 steps): rank 1 runs no micro-batch and still joins each all-gather
+    and reduce-scatter; AdamW with clipping, so the sharded moments and the global norm are used."""
+    args = ["train.minibatch_size=1", "train.microbatches=1", "train.max_grad_norm=0.5"]
+    one, m1, _ = _step(make_ctx, tiny_policy, "k15", args, lr=0.01, optimizer=torch.optim.AdamW)
+    assert any(g.abs().max() > 1e-6 for g in one)
+    ranks = _on_ranks(2, lambda dp: _step(make_ctx, tiny_policy, "k15", args, dp, lr=0.01, optimizer=torch.optim.AdamW),
+                      tmp_path)
+    _same_update(one, ranks, atol=1e-5)
+    for _, metrics, _ in ranks:  # the norm before clipping is the full gradient's
+        assert metrics["train/grad_norm"] == pytest.approx(m1["train/grad_norm"], rel=1e-5)
+    assert m1["train/grad_norm"] > 0.5  # clipping took effect
+
+
+# ---- reasonzoo-train with launcher.trainer_ranks=2 launcher.strategy=fsdp2 --------------------------
+
+FSDP2 = ["launcher.trainer_ranks=2", "launcher.strategy=fsdp2"]
+
+
+def _records(run_dir):
+    return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _run(tmp_path, name, tiny_overrides, *extra, iterations=3):
+    cfg = compose([*tiny_overrides, f"iterations={iterations}", "train.microbatches=2", *extra])
+    train(cfg, tmp_path / name)
+    return _records(tmp_path / name)
+
+
+def _resume(tmp_path, name, *launcher):
+    """Continue run ``name`` (stopped after iteration 1 of 3) with ``launcher`` overrides, through the CLI's entry."""
+    from reasonzoo import train as train_mod
+
+    saved = OmegaConf.load(tmp_path / name / CONFIG_FILE)
+    saved.iterations = 3
+    (tmp_path / name / CONFIG_FILE).write_text(OmegaConf.to_yaml(saved))
+    (tmp_path / name / "summary.json").unlink()
+    argv = sys.argv
+    sys.argv = ["reasonzoo-train", f"resume={tmp_path / name}", *launcher]
+    try:
+        train_mod.main()
+    finally:
+        sys.argv = argv
+    return _records(tmp_path / name)
+
+
+def test_fsdp2_ranks_train_as_one_and_resume_on_either_world_size(tmp_path, tiny_overrides):
+    """3 iterations on 2 fsdp2 ranks give the one-rank metrics (engine=torch decodes from rank 0's
+    refreshed full weights); a 2-rank fsdp2 run stopped after iteration 1 resumes on 1 rank, and a
+    1-rank run resumes on 2 fsdp2 ranks, both ending as the one-rank run from the start does (the
+    checkpoints hold full weights and the one-process optimizer state)."""
+    one = _run(tmp_path, "one", tiny_overrides)
+    two = _run(tmp_path, "two", tiny_overrides, *FSDP2)
+    assert [r.get("train/ranks") for r in two] == [None, 2.0, 2.0, 2.0]
+    assert_same_run(one, two)
+    assert not multiprocessing.active_children()  # the follower left when told to stop
+    ckpt = [torch.load(tmp_path / r / "checkpoints" / "iter_000003" / "state.pt", weights_only=False)["optimizer"]
+            for r in ("one", "two")]
+    assert ckpt[1]["state"].keys() == ckpt[0]["state"].keys()
+    for i, s in ckpt[0]["state"].items():  # AdamW's moments: full, plain tensors, the one-rank run's
+        for k, v in s.items():
+            assert type(ckpt[1]["state"][i][k]) is torch.Tensor
+            torch.testing.assert_close(ckpt[1]["state"][i][k], v, atol=1e-6, rtol=1e-4)
+
+    _run(tmp_path, "down", tiny_overrides, *FSDP2, iterations=1)
+    assert_same_run(one, _resume(tmp_path, "down", "launcher.trainer_ranks=1"))
+    _run(tmp_path, "up", tiny_overrides, iterations=1)
+    assert_same_run(one, _resume(tmp_path, "up", *FSDP2))
+    assert not multiprocessing.active_children()
+
+
+@pytest.mark.parametrize("override, keys", [
+    ("launcher.strategy=zero3", r"launcher.strategy='zero3': allowed values are ddp, fsdp2$"),
+    ("loss.kl_coef=0.01", r"^launcher.strategy=fsdp2 with loss.kl_coef=0.01: .* use launcher.strategy=ddp or loss.kl_coef=0$"),
+    ("loss.critic=model", r"^launcher.strategy=fsdp2 with loss.critic=model: .* use launcher.strategy=ddp or loss.critic=head$"),
+])
+def test_what_fsdp2_cannot_run_is_one_line_before_any_work(tmp_path, tiny_overrides, override, keys):
+    recipe = ["recipe=ppo"] if "critic" in override else ["recipe=grpo"] if "kl_coef" in override else []
+    cfg = compose([*tiny_overrides, *recipe, *FSDP2, override])
+    with pytest.raises((PluginError, ValueError), match=keys):
+        train(cfg, tmp_path / "r")
+    assert not (tmp_path / "r").exists()
