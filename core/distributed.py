@@ -62,7 +62,6 @@ class DataParallel:
         cleanly; otherwise (a failed run) a placement kills them.
     :ivar strategy: ``launcher.strategy``: ``ddp`` (replicated parameters) or ``fsdp2`` (the policy's
         parameters sharded, :mod:`reasonzoo.fsdp`).
-    :ivar device_type: where the shards live under fsdp2: ``cpu`` (gloo) or ``cuda`` (nccl).
     :ivar sharded: under fsdp2, this rank's :class:`reasonzoo.fsdp.Sharded` once :meth:`shard` ran
         (at :meth:`Leader.sync`); else ``None``.
     """
@@ -73,7 +72,6 @@ class DataParallel:
     control: Any = None
     stopped: bool = False
     strategy: str = "ddp"
-    device_type: str = "cpu"
     sharded: Any = None
 
     def parts(self, n: int) -> int:
@@ -137,7 +135,7 @@ class DataParallel:
         if self.strategy != "fsdp2" or self.sharded is not None:
             return
         old = list(ctx.policy.model.parameters())
-        self.sharded = Sharded(ctx.policy, self.world_size, self.device_type, keep_view=self.rank == 0)
+        self.sharded = Sharded(ctx.policy, self.world_size, keep_view=self.rank == 0)
         ctx.optimizer = self.sharded.shard_optimizer(ctx.optimizer, old)
 
     def optimizer_state(self, optimizer) -> dict:

@@ -111,20 +111,20 @@ class Sharded:
 
     :param policy: the :class:`reasonzoo.policy.Policy` every rank built (equal weights: after
         :meth:`reasonzoo.distributed.Leader.sync`).
-    :param world_size: ranks of the mesh (the default process group's).
-    :param device_type: ``cpu`` (gloo) or ``cuda`` (nccl): where the shards live.
+    :param world_size: ranks of the mesh (the default process group's). The mesh and the shards
+        live on the policy's device type (``train.device``: ``cpu`` with gloo, ``cuda`` with nccl).
     :param keep_view: keep ``policy.model`` as a plain full copy (rank 0) and shard a copy; else
         (followers) shard ``policy.model`` itself.
     """
 
-    def __init__(self, policy, world_size: int, device_type: str = "cpu", keep_view: bool = False):
+    def __init__(self, policy, world_size: int, keep_view: bool = False):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
         self.view = policy.model if keep_view else None
         model = copy.deepcopy(policy.model) if keep_view else policy.model
         self.policy = replace(policy, model=model)
-        self.mesh = init_device_mesh(device_type, (world_size,))
+        self.mesh = init_device_mesh(next(model.parameters()).device.type, (world_size,))
         self.unit = _Unit(self.policy)
         fully_shard(self.unit, mesh=self.mesh)
         self.unit.set_gradient_divide_factor(1.0)  # a sum over ranks; update() divides by Σ d_i

@@ -70,12 +70,11 @@ def check_nccl(gpus_needed: int = 0) -> None:
 def init_rank(backend: str, init_method: str, rank: int, world: int, timeout_s: float) -> DataParallel:
     """Join the trainer's process group as ``rank`` of ``world`` and return the
     :class:`DataParallel` place; commands travel on a gloo group when ``backend`` is not gloo.
-    Its ``device_type`` (where fsdp2's shards live) is ``cuda`` with nccl, else ``cpu``; its
-    ``strategy`` is set by the caller from ``launcher.strategy``."""
+    Its ``strategy`` is set by the caller from ``launcher.strategy``."""
     torch.distributed.init_process_group(backend, init_method=init_method, rank=rank, world_size=world,
                                          timeout=datetime.timedelta(seconds=timeout_s))
     control = torch.distributed.new_group(backend="gloo") if backend != "gloo" else None
-    return DataParallel(rank, world, None, control, device_type="cuda" if backend == "nccl" else "cpu")
+    return DataParallel(rank, world, None, control)
 
 
 def join_as_rank0(backend: str, init_method: str, world: int, timeout_s: float, watch) -> DataParallel:

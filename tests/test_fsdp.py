@@ -137,6 +137,39 @@ def test_a_rank_without_a_micro_batch_still_joins_and_takes_the_step(make_ctx, t
     assert m1["train/grad_norm"] > 0.5  # clipping took effect
 
 
+def _held_bytes(make_ctx, tiny_policy, dp):
+    """Bytes of the policy's parameters, gradients and AdamW moments this rank holds after one
+    update, and of rank 0's full view."""
+    from torch.distributed.tensor import DTensor
+
+    def nbytes(ts):
+        ts = [t.to_local() if isinstance(t, DTensor) else t for t in ts]
+        return sum(t.numel() * t.element_size() for t in ts)
+
+    policy = copy.deepcopy(tiny_policy)
+    ctx = make_ctx(["train.minibatch_size=64", "train.microbatches=2"], policy=policy)
+    ctx.hook = make_manager({"loss": LOSSES["k15"]()}).hook
+    ctx.optimizer = torch.optim.AdamW(param_groups(policy, []), lr=1e-3)
+    ctx.data_parallel = dp
+    dp.shard(ctx)
+    update(ctx, _batch(policy), validate(ctx.cfg))
+    params = list(dp.sharded.policy.model.parameters())
+    moments = [v for s in ctx.optimizer.state.values() for k, v in s.items() if k != "step"]
+    view = nbytes(policy.model.parameters()) if dp.rank == 0 else 0
+    return nbytes(params), nbytes([p.grad for p in params]), nbytes(moments), view
+
+
+def test_each_rank_holds_half_of_the_parameters_gradients_and_optimizer_state(make_ctx, tiny_policy, tmp_path):
+    """What fsdp2 shards: after an update each of 2 ranks holds half of every parameter, gradient
+    and AdamW moment (dim 0 split; every dim 0 of the tiny model is even), and rank 0 also the full
+    view its engine and checkpoints read."""
+    full = sum(p.numel() for p in tiny_policy.model.parameters()) * 4  # float32 bytes
+    for rank, (params, grads, moments, view) in enumerate(_on_ranks(2, lambda dp: _held_bytes(make_ctx, tiny_policy, dp),
+                                                                    tmp_path)):
+        assert (params, grads, moments) == (full // 2, full // 2, full)
+        assert view == (full if rank == 0 else 0)
+
+
 # ---- reasonzoo-train with launcher.trainer_ranks=2 launcher.strategy=fsdp2 --------------------------
 
 FSDP2 = ["launcher.trainer_ranks=2", "launcher.strategy=fsdp2"]
@@ -169,14 +202,19 @@ def _resume(tmp_path, name, *launcher):
     return _records(tmp_path / name)
 
 
-def test_fsdp2_ranks_train_as_one_and_resume_on_either_world_size(tmp_path, tiny_overrides):
+def test_fsdp2_ranks_train_as_one_and_resume_on_either_world_size(tmp_path, tiny_overrides, monkeypatch):
     """3 iterations on 2 fsdp2 ranks give the one-rank metrics (engine=torch decodes from rank 0's
     refreshed full weights); a 2-rank fsdp2 run stopped after iteration 1 resumes on 1 rank, and a
     1-rank run resumes on 2 fsdp2 ranks, both ending as the one-rank run from the start does (the
     checkpoints hold full weights and the one-process optimizer state)."""
+    from reasonzoo.fsdp import Sharded
+
+    refreshed = []  # rank 0's full view took each update (so the policy was sharded there)
+    real = Sharded.refresh
+    monkeypatch.setattr(Sharded, "refresh", lambda self: (refreshed.append(self.view is not None), real(self))[1])
     one = _run(tmp_path, "one", tiny_overrides)
     two = _run(tmp_path, "two", tiny_overrides, *FSDP2)
-    assert [r.get("train/ranks") for r in two] == [None, 2.0, 2.0, 2.0]
+    assert [r.get("train/ranks") for r in two] == [None, 2.0, 2.0, 2.0] and refreshed == [True] * 3
     assert_same_run(one, two)
     assert not multiprocessing.active_children()  # the follower left when told to stop
     ckpt = [torch.load(tmp_path / r / "checkpoints" / "iter_000003" / "state.pt", weights_only=False)["optimizer"]
