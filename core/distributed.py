@@ -7,7 +7,10 @@ composed config, builds the policy and the optimizer, and then does what rank 0 
 
 * ``sync``: take every trainable parameter (every optimizer param group: the policy's and a
   critic's) from rank 0 (``torch.distributed.broadcast``), and on resume the optimizer's state
-  and the update-side plugins' checkpoint state (``rz_load_state``);
+  and the update-side plugins' checkpoint state (``rz_load_state``); then, under
+  ``launcher.strategy=fsdp2``, shard the policy (:meth:`DataParallel.shard`);
+* ``optimizer_state`` (fsdp2 only): join the gathering of the optimizer's shards into the full
+  state dict rank 0 writes into a checkpoint (:meth:`Leader.optimizer_state`);
 * ``iteration``: replay ``rz_iteration_start``, run :func:`reasonzoo.trainer.update` on the same
   batch, replay ``rz_iteration_end`` — on the *update-side* plugins only (those implementing
   ``rz_loss``, ``rz_prepare_update`` or ``rz_trainable_parameters``), so a follower never opens a
@@ -29,7 +32,10 @@ for forwards that run through the wrapper, in lockstep on every rank. Here the l
 lean forward (``Policy.token_logprobs``) and possibly a critic's, and ranks may hold different
 numbers of micro-batches (a minibatch of 5 rows on 2 ranks). The reduction is the one DDP does
 (a sum over ranks of the gradients, divided), issued once per minibatch after its backward
-passes. FSDP2 (sharded parameters) is not implemented.
+passes. That is ``launcher.strategy=ddp`` (the default). ``launcher.strategy=fsdp2`` shards the
+policy's parameters, gradients and optimizer state over the ranks with FSDP2 under the same
+contract (one all-gather and one reduce-scatter per minibatch, the one-process update within 1e-6;
+rank 0 keeps a full copy for the engine, evaluation and checkpoints): :mod:`reasonzoo.fsdp`.
 
 Rank 0 and the followers exchange commands with ``broadcast_object_list`` over a gloo group
 (also when the gradients go over nccl on GPUs).

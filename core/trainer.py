@@ -235,7 +235,10 @@ def update(ctx: RunContext, batch: TrainBatch, cfg: RunConfig) -> dict[str, floa
     param group (``train/grad_norm``: the policy's; ``train/grad_norm/<name>``: the others').
     With several trainer ranks (``ctx.data_parallel``) each runs every R-th micro-batch and the
     gradients and ``Σ d_i`` are summed over the ranks before the division (:mod:`reasonzoo.distributed`;
-    ``train/ranks`` logs R)."""
+    ``train/ranks`` logs R). Under ``launcher.strategy=fsdp2`` the losses run the sharded training
+    policy, the policy's gradients are summed by one reduce-scatter per minibatch, clipping uses the
+    norm of the full gradient, and rank 0's ``ctx.policy`` takes the new weights at the end
+    (:mod:`reasonzoo.fsdp`)."""
     dp = ctx.data_parallel  # None on one rank; else this rank runs every R-th micro-batch (reasonzoo.distributed)
     sharded = dp.sharded if dp is not None else None  # fsdp2: the losses run the sharded training policy (reasonzoo.fsdp)
     if sharded is not None:

@@ -31,6 +31,8 @@ LOSSES = {
     "k15": lambda: K15Loss(K15LossConfig()),  # a mean over rows
     "grpo_token_mean": lambda: GRPOLoss(GRPOLossConfig(aggregation="token-mean", clip_high=0.28)),
     "ppo_head": lambda: PPOLoss(PPOLossConfig(critic="head")),  # a replicated critic head beside the shards
+    # the critic's warm-up: the trunk's forward under no_grad, no gradient reaches the shards
+    "ppo_head_critic_warmup": lambda: PPOLoss(PPOLossConfig(critic="head", critic_warmup=1)),
 }
 
 
@@ -57,7 +59,7 @@ def _step(make_ctx, tiny_policy, loss, overrides, dp=None, lr=1.0, optimizer=tor
     plugin = LOSSES[loss]()
     ctx.hook = make_manager({"loss": plugin}).hook
     groups = param_groups(policy, ctx.hook.rz_trainable_parameters(ctx=ctx, policy=policy))
-    if loss == "ppo_head":  # the same head on every rank and in the one-process run
+    if loss.startswith("ppo_head"):  # the same head on every rank and in the one-process run
         torch.manual_seed(1)
         for p in groups[1]["params"]:
             torch.nn.init.normal_(p, std=0.1)
