@@ -15,6 +15,12 @@ loop (sampling, rewards, logging, evaluation, checkpoints) as ``launcher=local``
   rank 0 in a ``torch.distributed`` group (gloo on CPU, nccl on GPU): the update is data-parallel
   over the ranks (:mod:`reasonzoo.distributed`).
 
+A cluster this process starts gets a watchdog (:data:`WATCHDOG`, Linux): a small process that,
+when this process dies (``kill -9`` included) or closes the placement, kills every process left of
+that cluster. Without it Ray's dashboard and runtime-env agents outlive a killed driver by a
+minute or more (Ray 2.60: each tries to tell the dead cluster that its raylet died, with a 60 s
+timeout). A cluster joined with ``address`` / ``RAY_ADDRESS`` gets none: it is never touched.
+
 Ray is an extra: ``pip install -e '.[ray]'``. Without it, ``launcher=ray`` is refused at config
 validation, before any work, in one line saying what to install. docs/cluster.md has the
 multi-node commands.
@@ -25,6 +31,8 @@ import importlib.util
 import logging
 import os
 import socket
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -91,6 +99,66 @@ class RayLauncher:
         return RayPlacement(self.cfg, ctx)
 
 
+#: The watchdog of a cluster this process started, run as ``python -I -c WATCHDOG <driver pid>
+#: <session dir>`` (the standard library only: it starts in milliseconds). It waits until the
+#: driver dies (its parent changes) or closes the watchdog's stdin (``RayPlacement.close``, after
+#: ``ray.shutdown``), then kills with SIGKILL, until none is left (at most 30 s), every process with
+#: a file open under the session dir (Ray's processes keep their logs there, and a worker's
+#: children inherit its redirected output), except the driver and any other driver connected to
+#: the cluster (it has its own ``python-core-driver-*_<pid>.log`` open). It ignores SIGINT (Ctrl-C
+#: is the driver's to handle) and appends what it killed to ``<session dir>/logs/reasonzoo-watchdog.log``.
+WATCHDOG = r"""
+import os, select, signal, sys, time
+driver, session = int(sys.argv[1]), sys.argv[2]
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+while os.getppid() == driver:
+    ready, _, _ = select.select([0], [], [], 0.2)
+    if ready and not os.read(0, 1):
+        break
+
+def left():
+    found = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) in (driver, os.getpid()):
+            continue
+        try:
+            names = [os.readlink(f"/proc/{d}/fd/{fd}") for fd in os.listdir(f"/proc/{d}/fd")]
+            mine = [n for n in names if n.startswith(session + "/")]
+            if mine and not any(os.path.basename(n).startswith("python-core-driver-") and n.endswith(f"_{d}.log")
+                                for n in mine):
+                found[int(d)] = open(f"/proc/{d}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")[:80]
+        except OSError:
+            continue
+    return found
+
+killed, deadline = {}, time.monotonic() + 30
+while time.monotonic() < deadline:
+    found = left()
+    if not found:
+        break
+    for pid, cmd in found.items():
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed[pid] = cmd.strip()
+        except OSError:
+            pass
+    time.sleep(0.1)
+if killed:
+    try:
+        with open(os.path.join(session, "logs", "reasonzoo-watchdog.log"), "a") as f:
+            f.writelines(f"{time.strftime('%Y-%m-%d %H:%M:%S')} killed pid {p}: {c}\n" for p, c in sorted(killed.items()))
+    except OSError:
+        pass
+"""
+
+
+def _start_watchdog(session: str) -> subprocess.Popen:
+    """The :data:`WATCHDOG` of the cluster whose session dir is ``session``, in a session of its
+    own (a signal to this process's group does not reach it)."""
+    return subprocess.Popen([sys.executable, "-I", "-c", WATCHDOG, str(os.getpid()), session], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("", 0))
@@ -135,6 +203,7 @@ class RayPlacement:
         self.runs: list = []
         self.dp: DataParallel | None = None
         self.started_ray = False
+        self.watchdog: subprocess.Popen | None = None
         cpus = cfg.engines * cfg.engine_cpus + (cfg.trainer_ranks - 1) * cfg.rank_cpus + cfg.reward_workers * cfg.reward_cpus
         gpus = cfg.engines * cfg.engine_gpus + (cfg.trainer_ranks - 1) * cfg.rank_gpus
         address = cfg.address or os.environ.get("RAY_ADDRESS")
@@ -152,6 +221,8 @@ class RayPlacement:
             else:
                 num_cpus = cfg.num_cpus or max(os.cpu_count() or 1, int(-(-cpus // 1)))
                 ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=env, log_to_driver=True)
+                if sys.platform.startswith("linux"):  # reads /proc
+                    self.watchdog = _start_watchdog(ray._private.worker._global_node.get_session_dir_path())
             self.started_ray = True
         have = ray.cluster_resources()
         if cpus > have.get("CPU", 0) or gpus > have.get("GPU", 0):
@@ -252,3 +323,10 @@ class RayPlacement:
             if self.started_ray and ray.is_initialized():
                 ray.shutdown()
                 self.started_ray = False
+            if self.watchdog is not None:  # kills what ray.shutdown left (agents still exiting), then ends
+                self.watchdog.stdin.close()
+                try:
+                    self.watchdog.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    log.warning("launcher=ray: the cluster's watchdog (pid %d) has not ended", self.watchdog.pid)
+                self.watchdog = None
