@@ -9,6 +9,10 @@ How it runs: :class:`VllmEngine` saves the policy once (``Policy.save``: config,
 weights) into its work directory and starts ``vllm.LLM`` on it *in this process*
 (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` unless set, ``distributed_executor_backend="uni"``), with
 vLLM's cache under ``<cache_dir>/vllm`` and its RPC sockets in a private temporary directory.
+In a Ray engine actor (``launcher=ray``, :mod:`reasonzoo.ray_engines`) it runs the same way, in the
+actor's process: the uniprocess executor never starts vLLM's Ray executor, torch uses the run's
+``threads`` (set by the actor before the engine starts), and a private directory inherited from the
+driver's environment is replaced by the actor's own, removed when the actor closes the engine.
 
 How weights are pushed: :meth:`VllmEngine.sync_weights` hands the trainer's live ``state_dict``
 tensors to the worker's ``reload_weights`` (``llm.collective_rpc("reload_weights",
@@ -63,6 +67,7 @@ import logging
 import os
 import random
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -203,11 +208,24 @@ _PRIVATE: list[str] = []  # this process's private directory for vLLM's RPC sock
 
 
 def _private_dir() -> str:
-    """A private temporary directory for this process, removed at exit (short: unix socket
-    paths are limited to 108 bytes)."""
+    """This process's private temporary directory for vLLM's RPC sockets (short: unix socket paths
+    are limited to 108 bytes). Made on first use; removed when the last open engine closes (a Ray
+    engine actor is killed after that and runs no ``atexit``) and at exit; made again under the
+    same name for a later engine (vLLM caches its environment at its first start-up, so the path
+    stays the one it saw).
+
+    :raises RuntimeError: the path exists and is not a directory of this user that only this user
+        may open (someone made it in the meantime).
+    """
     if not _PRIVATE:
         _PRIVATE.append(tempfile.mkdtemp(prefix="rz-vllm-"))
         atexit.register(shutil.rmtree, _PRIVATE[0], True)
+    else:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(_PRIVATE[0], 0o700)
+    st = os.lstat(_PRIVATE[0])
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise RuntimeError(f"engine/vllm: {_PRIVATE[0]} (vLLM's socket directory) is not a private directory of this user")
     return _PRIVATE[0]
 
 
@@ -235,7 +253,11 @@ class VllmEngine:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         os.environ.setdefault("VLLM_CACHE_ROOT", str(Path(cache_root or self.workdir / "cache").expanduser()))
-        os.environ.setdefault("VLLM_RPC_BASE_PATH", _private_dir())
+        rpc = os.environ.get("VLLM_RPC_BASE_PATH")
+        if rpc is None or (os.path.basename(rpc).startswith("rz-vllm-") and rpc not in _PRIVATE):
+            # unset, or another process's private directory, inherited (a Ray worker started by a
+            # driver that had run vLLM): this process's own
+            os.environ["VLLM_RPC_BASE_PATH"] = _private_dir()
         with keep_global_state(CHILD_ENV):
             try:
                 import vllm
@@ -350,7 +372,8 @@ class VllmEngine:
 
     def close(self) -> None:
         """Release the engine (idempotent). The teardown of the last open engine in the process
-        tears down every closed one with it (see the module docstring)."""
+        tears down every closed one with it (see the module docstring) and removes the process's
+        socket directory (:func:`_private_dir`)."""
         if self._closed:
             return
         self._closed = True
@@ -358,6 +381,8 @@ class VllmEngine:
             for e in list(_OPEN):
                 e._teardown()
             _OPEN.clear()
+            if _PRIVATE:
+                shutil.rmtree(_PRIVATE[0], ignore_errors=True)
 
     def _teardown(self) -> None:
         with keep_global_state():
