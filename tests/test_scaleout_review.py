@@ -9,11 +9,12 @@ a terminal Ctrl-C printing a reward worker's ``KeyboardInterrupt`` traceback; ``
 ``launcher.backend=nccl`` without NCCL failing after the warm-up with two tracebacks; a local
 follower rank that died before the rendezvous left rank 0 waiting in ``init_process_group`` for
 ``launcher.timeout_s`` (24 h), deaf to Ctrl-C and SIGTERM (the rendezvous now waits on a thread
-while rank 0 watches its followers).
+while rank 0 watches its followers); ``kill -9`` of a ``launcher=ray`` driver that started its own
+cluster left ``ray::DashboardAgent`` and ``ray::RuntimeEnvAgent`` running, orphaned, for over a
+minute (each tells the dead GCS that its raylet died, with a 60 s timeout; now the cluster's
+watchdog kills them within a second; a cluster the driver only joined is left alone).
 
-Open (strict xfail): ``kill -9`` of a ``launcher=ray`` driver that started its own cluster leaves
-``ray::DashboardAgent`` and ``ray::RuntimeEnvAgent`` running, orphaned, for over a minute (gone
-within ~2.5 minutes).
+Open (strict xfail): none.
 """
 import os
 import shutil
@@ -153,7 +154,8 @@ def _processes_using(folder):
 def test_kill_9_of_a_ray_driver_leaves_no_ray_process():
     """Was a strict xfail: Ray's agents outlived the killed driver by a minute or more (each
     publishes "raylet died" to the dead GCS with a 60 s timeout). Fixed: the cluster's watchdog
-    (plugins/launcher/ray.py ``WATCHDOG``) kills them."""
+    (plugins/launcher/ray.py ``WATCHDOG``) kills them; a process that is not Ray's (a ``tail -f``
+    of the raylet's log) holds a file of the session open too, and is left alone."""
     _ray_or_skip()
     folder = tempfile.mkdtemp(prefix="rz-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     env = {**SUBPROCESS_ENV, "RAY_TMPDIR": folder}
@@ -163,17 +165,21 @@ def test_kill_9_of_a_ray_driver_leaves_no_ray_process():
     session = proc.stdout.readline().strip()
     assert session.startswith(folder), session  # the cluster is this driver's own
     assert len(_processes_using(session)) > 1  # its processes are found by their open files
+    tail = subprocess.Popen(["tail", "-f", f"{session}/logs/raylet.out"], stdout=subprocess.DEVNULL,
+                            start_new_session=True)  # not Ray's: the watchdog must leave it alone
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     left = _processes_using(session)
     for _ in range(150):  # up to 30 s for the cluster to notice that its driver is gone
-        if not left:
+        if [pid for pid, _cmd in left] == [tail.pid]:
             break
         time.sleep(0.2)
         left = _processes_using(session)
     try:
-        assert left == []
+        assert [pid for pid, _cmd in left] == [tail.pid] and tail.poll() is None
     finally:
+        tail.kill()
+        tail.wait()
         for pid, _cmd in left:  # the test's own leftovers, killed by pid
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -188,27 +194,31 @@ from reasonzoo.plugins.launcher.ray import RayLauncherConfig, RayPlacement
 import ray
 place = RayPlacement(RayLauncherConfig(), SimpleNamespace(cfg=SimpleNamespace(threads=1)))
 session = ray._private.worker._global_node.get_session_dir_path()
-print(place.watchdog is not None, session, flush=True)
+dog = place.watchdog
 place.close()
+print(dog is not None and dog.returncode, session, flush=True)
 """
 
 
 @pytest.mark.ray
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_closed_placement_leaves_no_process_of_its_cluster():
-    """close() (the end of every run, Ctrl-C and failures included) returns once the watchdog has
-    killed what ray.shutdown left (the agents otherwise exit up to seconds later) and ended."""
+    """close() (the end of every run, Ctrl-C and failures included) returns with no process of
+    the cluster left (ray.shutdown stops them; the watchdog, told to end, kills any it left)."""
     _ray_or_skip()
     folder = tempfile.mkdtemp(prefix="rz-", dir="/tmp")
     env = {**SUBPROCESS_ENV, "RAY_TMPDIR": folder}
     env.pop("RAY_ADDRESS", None)
+    session = folder  # until the driver names it
     try:
         res = subprocess.run([sys.executable, "-c", RAY_CLOSER], env=env, capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, res.stderr[-2000:]
-        started, session = res.stdout.split()
-        assert started == "True" and session.startswith(folder)
+        ended, session = res.stdout.split()
+        assert ended == "0" and session.startswith(folder)  # the watchdog was started, and ended
         assert _processes_using(session) == []
     finally:
+        for pid, _cmd in _processes_using(session):
+            os.kill(pid, signal.SIGKILL)
         shutil.rmtree(folder, ignore_errors=True)
 
 

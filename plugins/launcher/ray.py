@@ -100,16 +100,19 @@ class RayLauncher:
 
 
 #: The watchdog of a cluster this process started, run as ``python -I -c WATCHDOG <driver pid>
-#: <session dir>`` (the standard library only: it starts in milliseconds). It waits until the
-#: driver dies (its parent changes) or closes the watchdog's stdin (``RayPlacement.close``, after
-#: ``ray.shutdown``), then kills with SIGKILL, until none is left (at most 30 s), every process with
-#: a file open under the session dir (Ray's processes keep their logs there, and a worker's
-#: children inherit its redirected output), except the driver and any other driver connected to
-#: the cluster (it has its own ``python-core-driver-*_<pid>.log`` open). It ignores SIGINT (Ctrl-C
-#: is the driver's to handle) and appends what it killed to ``<session dir>/logs/reasonzoo-watchdog.log``.
+#: <session dir> <ray package dir>`` (the standard library only: it starts in milliseconds). It
+#: waits until the driver dies (its parent changes) or closes the watchdog's stdin
+#: (``RayPlacement.close``, after ``ray.shutdown``), then kills with SIGKILL, until none is left (at
+#: most 30 s), every Ray process of the cluster: a file open under the session dir (Ray's processes
+#: keep their logs there) and a command line ``ray::...`` (a worker or agent) or under the ray
+#: package (raylet, GCS, monitors, a worker still starting), except the driver and any other driver
+#: connected to the cluster (it has its own ``python-core-driver-*_<pid>.log`` open). Other
+#: processes holding the session's files (a ``tail -f`` of a log) are not its to kill. It ignores
+#: SIGINT (Ctrl-C is the driver's to handle) and appends what it killed to
+#: ``<session dir>/logs/reasonzoo-watchdog.log``.
 WATCHDOG = r"""
 import os, select, signal, sys, time
-driver, session = int(sys.argv[1]), sys.argv[2]
+driver, session, ray_dir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 while os.getppid() == driver:
     ready, _, _ = select.select([0], [], [], 0.2)
@@ -124,9 +127,13 @@ def left():
         try:
             names = [os.readlink(f"/proc/{d}/fd/{fd}") for fd in os.listdir(f"/proc/{d}/fd")]
             mine = [n for n in names if n.startswith(session + "/")]
-            if mine and not any(os.path.basename(n).startswith("python-core-driver-") and n.endswith(f"_{d}.log")
-                                for n in mine):
-                found[int(d)] = open(f"/proc/{d}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")[:80]
+            if not mine or any(os.path.basename(n).startswith("python-core-driver-") and n.endswith(f"_{d}.log")
+                               for n in mine):
+                continue
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            if cmd.startswith("ray::") or ray_dir + "/" in cmd:
+                found[int(d)] = cmd[:80].strip()
         except OSError:
             continue
     return found
@@ -139,7 +146,7 @@ while time.monotonic() < deadline:
     for pid, cmd in found.items():
         try:
             os.kill(pid, signal.SIGKILL)
-            killed[pid] = cmd.strip()
+            killed[pid] = cmd
         except OSError:
             pass
     time.sleep(0.1)
@@ -152,11 +159,12 @@ if killed:
 """
 
 
-def _start_watchdog(session: str) -> subprocess.Popen:
-    """The :data:`WATCHDOG` of the cluster whose session dir is ``session``, in a session of its
-    own (a signal to this process's group does not reach it)."""
-    return subprocess.Popen([sys.executable, "-I", "-c", WATCHDOG, str(os.getpid()), session], stdin=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+def _start_watchdog(session: str, ray_dir: str) -> subprocess.Popen:
+    """The :data:`WATCHDOG` of the cluster whose session dir is ``session`` (Ray installed in
+    ``ray_dir``), in a session of its own (a signal to this process's group does not reach it)."""
+    return subprocess.Popen([sys.executable, "-I", "-c", WATCHDOG, str(os.getpid()), session, ray_dir],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
 
 
 def _free_port() -> int:
@@ -222,7 +230,8 @@ class RayPlacement:
                 num_cpus = cfg.num_cpus or max(os.cpu_count() or 1, int(-(-cpus // 1)))
                 ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=env, log_to_driver=True)
                 if sys.platform.startswith("linux"):  # reads /proc
-                    self.watchdog = _start_watchdog(ray._private.worker._global_node.get_session_dir_path())
+                    self.watchdog = _start_watchdog(ray._private.worker._global_node.get_session_dir_path(),
+                                                    os.path.dirname(os.path.abspath(ray.__file__)))
             self.started_ray = True
         have = ray.cluster_resources()
         if cpus > have.get("CPU", 0) or gpus > have.get("GPU", 0):
@@ -323,7 +332,7 @@ class RayPlacement:
             if self.started_ray and ray.is_initialized():
                 ray.shutdown()
                 self.started_ray = False
-            if self.watchdog is not None:  # kills what ray.shutdown left (agents still exiting), then ends
+            if self.watchdog is not None:  # kills what ray.shutdown left, if anything (measured: nothing), then ends
                 self.watchdog.stdin.close()
                 try:
                     self.watchdog.wait(timeout=60)
