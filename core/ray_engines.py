@@ -5,10 +5,12 @@ from the same composed config (``build_plugins`` + ``make_manager``: entry-point
 third-party packages included, so a plugin written for ``launcher=local`` works unchanged).
 An :class:`EngineActor` builds the policy (``rz_build_policy``) and the engine
 (``rz_build_engine``) and talks to the engine only through the Engine protocol, so engine/torch
-and engine/vllm both fit; :class:`RayEngineGroup` is what the trainer holds instead of a local
-engine. A :class:`RewardActor` scores chunks of rollout groups with the run's ``rz_reward``
-(the reward's own worker processes, the code sandbox pool among them, then run where the actor
-runs); :class:`RayRewardGroup` is what ``launcher.reward_workers > 0`` calls instead of the hook.
+and engine/vllm both fit (vLLM runs in the actor's own process, with its uniprocess executor and
+the run's torch threads; tests/test_ray_vllm.py); :class:`RayEngineGroup` is what the trainer
+holds instead of a local engine. A :class:`RewardActor` scores chunks of rollout groups with the
+run's ``rz_reward`` (the reward's own worker processes, the code sandbox pool among them, then run
+where the actor runs); :class:`RayRewardGroup` is what ``launcher.reward_workers > 0`` calls
+instead of the hook.
 Both groups are an :class:`ActorPool`: the fan-out, restarts and resends below are written once.
 
 Weights and versions (``weight_sync=object_store``, the default):

@@ -258,7 +258,8 @@ def test_kill_9_of_a_driver_that_joined_a_cluster_leaves_the_cluster_alone():
         assert check.stdout.split()[-1:] == ["3"], check.stderr[-2000:]
         assert cluster <= {pid for pid, _cmd in _processes_using(session)}
     finally:
-        for pid, _cmd in _processes_using(session):  # the test's own cluster, killed by pid (never `ray stop`: it stops every cluster of the user)
+        # the test's own cluster, killed by pid (never `ray stop`: it stops every cluster of the user)
+        for pid, _cmd in _processes_using(session):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:

@@ -230,8 +230,12 @@ class RayPlacement:
                 num_cpus = cfg.num_cpus or max(os.cpu_count() or 1, int(-(-cpus // 1)))
                 ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=env, log_to_driver=True)
                 if sys.platform.startswith("linux"):  # reads /proc
-                    self.watchdog = _start_watchdog(ray._private.worker._global_node.get_session_dir_path(),
-                                                    os.path.dirname(os.path.abspath(ray.__file__)))
+                    try:
+                        self.watchdog = _start_watchdog(ray._private.worker._global_node.get_session_dir_path(),
+                                                        os.path.dirname(os.path.abspath(ray.__file__)))
+                    except BaseException:
+                        ray.shutdown()
+                        raise
             self.started_ray = True
         have = ray.cluster_resources()
         if cpus > have.get("CPU", 0) or gpus > have.get("GPU", 0):
