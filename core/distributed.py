@@ -141,8 +141,13 @@ class DataParallel:
         if self.strategy != "fsdp2" or self.sharded is not None:
             return
         old = list(ctx.policy.model.parameters())
-        self.sharded = Sharded(ctx.policy, self.world_size, keep_view=self.rank == 0)
+        self.sharded = Sharded(ctx.policy, keep_view=self.rank == 0)
         ctx.optimizer = self.sharded.shard_optimizer(ctx.optimizer, old)
+        if self.rank == 0:
+            held = sum(p.to_local().numel() * p.element_size() for p in self.sharded.policy.model.parameters())
+            log.info("launcher.strategy=fsdp2: the policy's %d parameters are sharded over %d ranks (%.1f MB of them on "
+                     "rank 0, which also keeps the full weights for the engine, evaluation and checkpoints)",
+                     sum(p.numel() for p in old), self.world_size, held / 2**20)
 
     def optimizer_state(self, optimizer) -> dict:
         """The optimizer's state dict in the one-process format (full tensors): under fsdp2 a
@@ -220,6 +225,7 @@ def follower_loop(cfg, run_dir, dp: DataParallel) -> int:
     """
     from .config import validate
     from .context import RunContext
+    from .device import build_policy
     from .registry import build_plugins, make_manager
     from .trainer import param_groups, update
 
@@ -231,7 +237,7 @@ def follower_loop(cfg, run_dir, dp: DataParallel) -> int:
     torch.manual_seed(rc.seed)
     pm = make_manager(build_plugins(cfg))
     ctx = RunContext(cfg=cfg, hook=pm.hook, run_dir=run_dir, data_parallel=dp)
-    ctx.policy = policy = pm.hook.rz_build_policy(ctx=ctx)
+    ctx.policy = policy = build_policy(ctx)  # on this rank's train.device
     extra = replay(pm, "rz_trainable_parameters", ctx, policy=policy)
     ctx.optimizer = torch.optim.AdamW(param_groups(policy, extra), lr=rc.train.lr,
                                       weight_decay=rc.train.weight_decay, betas=tuple(rc.train.betas))

@@ -109,22 +109,27 @@ def _is_dtensor(t) -> bool:
 class Sharded:
     """This rank's sharded policy: the FSDP2 unit, the training policy and, on rank 0, the full view.
 
+    The mesh is the default process group's ranks (every trainer rank) on the policy's device
+    type (``train.device``: ``cpu`` with gloo, ``cuda`` with nccl); no other group is created.
+
     :param policy: the :class:`reasonzoo.policy.Policy` every rank built (equal weights: after
         :meth:`reasonzoo.distributed.Leader.sync`).
-    :param world_size: ranks of the mesh (the default process group's). The mesh and the shards
-        live on the policy's device type (``train.device``: ``cpu`` with gloo, ``cuda`` with nccl).
     :param keep_view: keep ``policy.model`` as a plain full copy (rank 0) and shard a copy; else
         (followers) shard ``policy.model`` itself.
+    :ivar policy: the training policy (its model's parameters sharded DTensors; its
+        ``token_logprobs`` and ``logprobs_and_hidden`` run through the unit); the losses get it
+        as ``ctx.policy`` inside :func:`reasonzoo.trainer.update`.
+    :ivar view: rank 0's plain full model (``policy.model`` as built), or ``None``.
     """
 
-    def __init__(self, policy, world_size: int, keep_view: bool = False):
-        from torch.distributed.device_mesh import init_device_mesh
+    def __init__(self, policy, keep_view: bool = False):
+        from torch.distributed.device_mesh import DeviceMesh
         from torch.distributed.fsdp import fully_shard
 
         self.view = policy.model if keep_view else None
         model = copy.deepcopy(policy.model) if keep_view else policy.model
         self.policy = replace(policy, model=model)
-        self.mesh = init_device_mesh(next(model.parameters()).device.type, (world_size,))
+        self.mesh = DeviceMesh.from_group(torch.distributed.group.WORLD, next(model.parameters()).device.type)
         self.unit = _Unit(self.policy)
         fully_shard(self.unit, mesh=self.mesh)
         self.unit.set_gradient_divide_factor(1.0)  # a sum over ranks; update() divides by Σ d_i
@@ -209,7 +214,7 @@ def full_optimizer_state(optimizer) -> dict[str, Any]:
 
 
 def clip_grad_norm(params: Sequence[torch.nn.Parameter], max_norm: float) -> float:
-    """``torch.nn.utils.clip_grad_norm_`` over parameters whose gradients may be sharded ``DTensor``\\ s:
+    """``torch.nn.utils.clip_grad_norm_`` over parameters whose gradients may be sharded DTensors:
     the norm of the full gradient (the shards' squared norms summed over the ranks), then every
     gradient scaled by ``min(1, max_norm / (norm + 1e-6))``. :returns: the total norm before clipping."""
     grads = [p.grad for p in params if p.grad is not None]

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from .checkpoint import atomic_write_text, latest_checkpoint, load_into, load_state, save_checkpoint
 from .config import RunConfig, validate
 from .context import RunContext
+from .device import build_policy
 from .distributed import Leader, optimizer_params
 from .fsdp import check_strategy, clip_grad_norm, strategy_of
 from .launch import LocalPlacement
@@ -244,9 +245,10 @@ def update(ctx: RunContext, batch: TrainBatch, cfg: RunConfig) -> dict[str, floa
     if sharded is not None:
         ctx = replace(ctx, policy=sharded.policy)
     model, opt = ctx.policy.model, ctx.optimizer
+    device = ctx.policy.device  # train.device (reasonzoo.device): the hooks get batches there; row bookkeeping stays on the CPU
     with torch.no_grad():
         model.eval()
-        extras = _merge(ctx.hook.rz_prepare_update(ctx=ctx, batch=batch), "rz_prepare_update")
+        extras = _merge(ctx.hook.rz_prepare_update(ctx=ctx, batch=batch.to(device)), "rz_prepare_update")
     if sharded is not None:
         sharded.reshard()  # the prepare forwards leave the parameters gathered
     batch = replace(batch, extras={**batch.extras, **extras})
@@ -270,7 +272,7 @@ def update(ctx: RunContext, batch: TrainBatch, cfg: RunConfig) -> dict[str, floa
                 sharded.begin()
             done = []
             for part in dp.mine(parts) if dp else parts:
-                out = ctx.hook.rz_loss(ctx=ctx, batch=batch.select(part))
+                out = ctx.hook.rz_loss(ctx=ctx, batch=batch.select(part).to(device))
                 d = float(len(part) if out.denominator is None else out.denominator)
                 (out.loss * d if summed else out.loss).backward()
                 done.append((d, {"loss/total": float(out.loss.detach()), **{k: float(v) for k, v in out.metrics.items()}}))
@@ -407,7 +409,7 @@ def _train_locked(cfg: DictConfig, run_dir: Path, old_log_bytes: int = 0) -> dic
 
     train_problems = hook.rz_load_problems(ctx=ctx, split="train")
     eval_problems = eval_split(hook.rz_load_problems(ctx=ctx, split="eval"), rc.eval.problems_per_difficulty)
-    ctx.policy = policy = hook.rz_build_policy(ctx=ctx)
+    ctx.policy = policy = build_policy(ctx)  # rz_build_policy, moved to train.device
     # every prompt + max_new_tokens must fit the model's context: error, or drop and count (model.overlong)
     kept, data_metrics = policy.fit_context({"train": train_problems, "eval": eval_problems}, rc.generation.max_new_tokens)
     train_problems, eval_problems = kept["train"], kept["eval"]
