@@ -41,9 +41,14 @@ what a one-rank run has. Checkpoints hold full weights and the optimizer state i
 format (:func:`full_optimizer_state`, a collective), so a run resumes on any world size and either
 strategy.
 
-Refused (:func:`check_strategy`): a loss with ``kl_coef > 0`` (its frozen reference is swapped into
-the policy model's state dict, which FSDP2 shards) and ``loss.critic=model`` (a copy of the policy
-trunk initialised from the policy's weights on every rank, which followers hold sharded).
+Between minibatches the training model's state dict is always its shards: a forward without
+gradient outside a minibatch reshards after itself, and a full plain tensor loaded into a sharded
+parameter becomes this rank's shard (:meth:`Sharded._shard_loaded`). So a loss with ``kl_coef > 0``,
+which swaps its frozen reference (full on rank 0 and after a resume, shards on followers that
+captured it) into ``ctx.policy.model`` for one forward, runs unchanged.
+
+Refused (:func:`check_strategy`): ``loss.critic=model`` (a copy of the policy trunk initialised
+from ``ctx.policy.model``'s state dict on every rank: sharded on the followers).
 """
 from __future__ import annotations
 
@@ -76,9 +81,6 @@ def check_strategy(cfg) -> None:
     if strategy != "fsdp2":
         return
     loss = cfg.get("loss") or {}
-    if float(loss.get("kl_coef", 0) or 0) > 0:
-        raise PluginError(f"launcher.strategy=fsdp2 with loss.kl_coef={loss.get('kl_coef')}: the frozen reference is "
-                          "swapped into the policy's state dict, which fsdp2 shards; use launcher.strategy=ddp or loss.kl_coef=0")
     if loss.get("critic") == "model":
         raise PluginError("launcher.strategy=fsdp2 with loss.critic=model: the value model copies the policy trunk on every "
                           "rank, which fsdp2 shards; use launcher.strategy=ddp or loss.critic=head")
@@ -134,9 +136,33 @@ class Sharded:
         fully_shard(self.unit, mesh=self.mesh)
         self.unit.set_gradient_divide_factor(1.0)  # a sum over ranks; update() divides by Σ d_i
         self.unit.set_force_sum_reduction_for_comms(True)  # ReduceOp.SUM (gloo has no PREMUL_SUM), no division by 1
-        self.policy.token_logprobs = functools.partial(self.unit, "token_logprobs")
-        self.policy.logprobs_and_hidden = functools.partial(self.unit, "logprobs_and_hidden")
+        self.policy.token_logprobs = functools.partial(self._call, "token_logprobs")
+        self.policy.logprobs_and_hidden = functools.partial(self._call, "logprobs_and_hidden")
+        model.register_load_state_dict_pre_hook(self._shard_loaded)
         self._pad = int(policy.pad_token_id)
+        self._minibatch = False  # between begin() and end(): parameters stay gathered
+
+    def _call(self, method: str, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """``Policy.<method>`` through the unit. A forward without gradient outside a minibatch
+        (``rz_prepare_update``'s π_old, a reference's log-probs) leaves the parameters sharded
+        again, so between minibatches the model's state dict is always the shards."""
+        out = self.unit(method, input_ids, attention_mask)
+        if not self._minibatch and not torch.is_grad_enabled():
+            self.unit.reshard()
+        return out
+
+    def _shard_loaded(self, module, state_dict, prefix, *args) -> None:
+        """``load_state_dict`` pre-hook of the training model: a full plain tensor loaded into a
+        sharded parameter becomes this rank's shard of it (no communication), so a plugin that
+        swaps full weights in and out (``loss.kl_coef > 0``: the frozen reference captured from
+        rank 0's full weights) works on the shards. Shards (DTensors) load as they are."""
+        from torch.distributed.tensor import distribute_tensor
+
+        own = dict(module.named_parameters(remove_duplicate=False))  # tied weights under each name
+        for key, value in list(state_dict.items()):
+            p = own.get(key[len(prefix):]) if key.startswith(prefix) else None
+            if p is not None and _is_dtensor(p) and torch.is_tensor(value) and not _is_dtensor(value):
+                state_dict[key] = distribute_tensor(value.to(p.device), p.device_mesh, p.placements, src_data_rank=None)
 
     def shard_optimizer(self, optimizer, old: Sequence[torch.nn.Parameter]):
         """A new optimizer of ``optimizer``'s class and groups (their hyperparameters), with the ``policy`` group's
@@ -177,6 +203,7 @@ class Sharded:
         self.unit.set_requires_gradient_sync(False)
         self.unit.set_reshard_after_backward(False)
         self.unit.unshard()
+        self._minibatch = True
 
     def end(self) -> None:
         """End a minibatch: every rank back-propagates ``0 * Σ logp`` of one two-token row with
@@ -188,6 +215,7 @@ class Sharded:
         ids = torch.full((1, 2), self._pad, dtype=torch.long)
         logp = self.unit("token_logprobs", ids, torch.ones_like(ids))
         (logp.sum() * 0.0).backward()
+        self._minibatch = False
 
     @torch.no_grad()
     def refresh(self) -> None:

@@ -30,6 +30,8 @@ from reasonzoo.trainer import CONFIG_FILE, collate, param_groups, train, update
 LOSSES = {
     "k15": lambda: K15Loss(K15LossConfig()),  # a mean over rows
     "grpo_token_mean": lambda: GRPOLoss(GRPOLossConfig(aggregation="token-mean", clip_high=0.28)),
+    # a KL to the frozen post-warm-up reference (captured full on rank 0, as shards on rank 1) swapped into the shards
+    "grpo_kl": lambda: GRPOLoss(GRPOLossConfig(kl_coef=0.5, reuse_behaviour_logprobs=False)),
     "ppo_head": lambda: PPOLoss(PPOLossConfig(critic="head")),  # a replicated critic head beside the shards
     # the critic's warm-up: the trunk's forward under no_grad, no gradient reaches the shards
     "ppo_head_critic_warmup": lambda: PPOLoss(PPOLossConfig(critic="head", critic_warmup=1)),
@@ -70,6 +72,8 @@ def _step(make_ctx, tiny_policy, loss, overrides, dp=None, lr=1.0, optimizer=tor
     if dp is not None:
         dp.shard(ctx)
     ctx.hook.rz_iteration_start(ctx=ctx)
+    if loss == "grpo_kl":  # a reference away from the current weights (full on rank 0, shards on rank 1)
+        plugin.reference = {k: v * 1.5 if v.is_floating_point() else v for k, v in plugin.reference.items()}
     metrics = update(ctx, _batch(policy), validate(ctx.cfg))
     after = [_full(p) for g in ctx.optimizer.param_groups for p in g["params"]]
     seen = [b - p.detach() for b, p in zip(before, view)] if dp is None or dp.rank == 0 else None
@@ -118,6 +122,7 @@ def test_fsdp2_on_two_ranks_gives_the_one_process_update(make_ctx, tiny_policy, 
     args = [f"train.microbatches={microbatches}", "train.max_grad_norm=0"]
     one, metrics1, _ = _step(make_ctx, tiny_policy, loss, args)
     assert any(g.abs().max() > 1e-5 for g in one)
+    assert metrics1.get("loss/kl", 1.0) > 1e-3  # the reference differs from the weights being trained
     ranks = _on_ranks(2, lambda dp: _step(make_ctx, tiny_policy, loss, args, dp), tmp_path)
     _same_update(one, ranks)
     for _, metrics, _ in ranks:
@@ -248,11 +253,10 @@ def test_fsdp2_resumes_on_either_world_size(tmp_path, tiny_overrides, cli):
 
 @pytest.mark.parametrize("override, keys", [
     ("launcher.strategy=zero3", r"launcher.strategy='zero3': allowed values are ddp, fsdp2$"),
-    ("loss.kl_coef=0.01", r"^launcher.strategy=fsdp2 with loss.kl_coef=0.01: .* use launcher.strategy=ddp or loss.kl_coef=0$"),
     ("loss.critic=model", r"^launcher.strategy=fsdp2 with loss.critic=model: .* use launcher.strategy=ddp or loss.critic=head$"),
 ])
 def test_what_fsdp2_cannot_run_is_one_line_before_any_work(tmp_path, tiny_overrides, override, keys):
-    recipe = ["recipe=ppo"] if "critic" in override else ["recipe=grpo"] if "kl_coef" in override else []
+    recipe = ["recipe=ppo"] if "critic" in override else []
     cfg = compose([*tiny_overrides, *recipe, *FSDP2, override])
     with pytest.raises((PluginError, ValueError), match=keys):
         train(cfg, tmp_path / "r")
