@@ -179,6 +179,7 @@ def validate(cfg: DictConfig) -> RunConfig:
     :returns: the typed :class:`RunConfig`.
     :raises PluginError: one line naming the key (or both plugins) and what is allowed.
     """
+    from .fsdp import check_strategy
     from .registry import HOOK_POINTS, select, validate_plugin_config
 
     cat = catalogue()
@@ -206,4 +207,5 @@ def validate(cfg: DictConfig) -> RunConfig:
     except ValueError as exc:
         raise PluginError(str(exc)) from exc
     _check_combinations(rc, selected)
+    check_strategy(cfg)  # launcher.strategy=fsdp2 with what it cannot run (a launcher's rule on the loss's keys)
     return rc

@@ -90,9 +90,10 @@ class DataParallel:
         return list(parts[self.rank :: self.world_size])
 
     def all_reduce_sum(self, x: float) -> float:
-        """Σ over ranks of a Python float (float64 on the wire)."""
+        """Σ over ranks of a Python float (float64 on the wire, a CPU tensor: over the gloo control
+        group, also when the gradients go over nccl)."""
         t = torch.tensor([x], dtype=torch.float64)
-        torch.distributed.all_reduce(t, group=self.group)
+        torch.distributed.all_reduce(t, group=self.control)
         return float(t.item())
 
     def all_reduce_grads(self, params: Sequence[torch.nn.Parameter]) -> None:

@@ -55,13 +55,17 @@ class Placement(Protocol):
         """Stop and release what the placement started (idempotent; called on errors too)."""
 
 
-def check_nccl(gpus_needed: int = 0) -> None:
-    """``launcher.backend=nccl`` needs a torch built with NCCL and, on one machine, a CUDA GPU per
-    rank. :raises PluginError: naming the key and what is missing."""
+def check_nccl(gpus_needed: int = 0, device: str = "cuda") -> None:
+    """``launcher.backend=nccl`` needs a torch built with NCCL, the update on CUDA (``train.device``
+    not ``cpu``: NCCL reduces CUDA tensors) and, on one machine, a CUDA GPU per rank.
+    :raises PluginError: naming the keys and what is missing."""
     from .registry import PluginError
 
     if not torch.distributed.is_nccl_available():
         raise PluginError("launcher.backend=nccl: this torch has no NCCL (a CPU build); use launcher.backend=gloo")
+    if device == "cpu":
+        raise PluginError("launcher.backend=nccl with train.device=cpu: NCCL reduces CUDA tensors and this update runs on the "
+                          "CPU; set train.device=cuda, or launcher.backend=gloo")
     if gpus_needed and torch.cuda.device_count() < gpus_needed:
         raise PluginError(f"launcher.backend=nccl with launcher.trainer_ranks={gpus_needed}: needs a CUDA GPU per rank, "
                           f"torch sees {torch.cuda.device_count()}; use launcher.backend=gloo")

@@ -168,6 +168,10 @@ class EngineActor(PluginActor):
         hook = self.ctx.hook
         self.ctx.policy = hook.rz_build_policy(ctx=self.ctx)
         self.ctx.engine = self.engine = hook.rz_build_engine(ctx=self.ctx, policy=self.ctx.policy)
+        if getattr(self.engine, "runs_policy_module", False) and torch.cuda.is_available():
+            # an actor given a GPU (launcher.engine_gpus > 0; Ray hides GPUs from the others) decodes
+            # there; engines that load the weights themselves (engine/vllm) keep the policy on the CPU
+            self.ctx.policy.model.to("cuda")
         self.version: int | None = None  #: the policy version of the loaded weights
         self.weights_id: str | None = None  #: which weights are loaded (object-store id, or "broadcast:<version>")
         self.weight_group = None  #: this actor's place in the broadcast group (weight_sync=broadcast)

@@ -163,3 +163,15 @@ def test_a_cuda_run_completes_and_resumes_on_the_cpu(tmp_path, tiny_overrides, m
     train_mod.main()
     records = [json.loads(l) for l in (tmp_path / "g" / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records] == [0, 1, 2, 3]
+
+
+def test_nccl_needs_the_update_on_cuda_one_line(tiny_overrides, monkeypatch):
+    """launcher.backend=nccl reduces CUDA tensors: with train.device=cpu it is refused at validation,
+    naming both keys (after "this torch has no NCCL" on a CPU build)."""
+    cfg = compose([*tiny_overrides, "launcher.trainer_ranks=2", "launcher.backend=nccl"])
+    if not torch.distributed.is_nccl_available():
+        with pytest.raises(PluginError, match="this torch has no NCCL"):
+            validate(cfg)
+        monkeypatch.setattr(torch.distributed, "is_nccl_available", lambda: True)
+    with pytest.raises(PluginError, match=r"^launcher.backend=nccl with train.device=cpu: .*set train.device=cuda, or launcher.backend=gloo$"):
+        validate(cfg)

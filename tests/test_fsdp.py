@@ -259,11 +259,21 @@ def test_what_fsdp2_cannot_run_is_one_line_before_any_work(tmp_path, tiny_overri
     recipe = ["recipe=ppo"] if "critic" in override else []
     cfg = compose([*tiny_overrides, *recipe, *FSDP2, override])
     with pytest.raises((PluginError, ValueError), match=keys):
+        validate(cfg)  # the pre-flight validation (also every job of a sweep)
+    with pytest.raises((PluginError, ValueError), match=keys):
         train(cfg, tmp_path / "r")
     assert not (tmp_path / "r").exists()
 
 
-def test_a_launcher_without_the_key_is_ddp():
-    """launcher=ray has no strategy key (yet): its runs and ranks read ddp, consistently."""
+def test_both_launchers_have_the_key_and_a_config_without_it_is_ddp():
+    """launcher=local and launcher=ray both take launcher.strategy (default ddp); a config without
+    the key (a third-party launcher) reads ddp on every rank."""
+    from omegaconf import open_dict
+
     assert strategy_of(compose(["launcher=ray"])) == "ddp"
+    assert strategy_of(compose(["launcher=ray", "launcher.strategy=fsdp2"])) == "fsdp2"
     assert strategy_of(compose(FSDP2)) == "fsdp2" and strategy_of(compose([])) == "ddp"
+    cfg = compose([])
+    with open_dict(cfg):
+        del cfg.launcher["strategy"]
+    assert strategy_of(cfg) == "ddp"

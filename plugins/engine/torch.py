@@ -64,6 +64,10 @@ class TorchEngineConfig:
 
 
 class TorchEngine:
+    #: decodes with the policy module itself, on the policy's device: an engine actor holding a GPU
+    #: (``launcher.engine_gpus > 0``) moves its policy there (reasonzoo.ray_engines.EngineActor)
+    runs_policy_module = True
+
     def __init__(self, cfg: TorchEngineConfig, policy):
         self.cfg, self.policy = cfg, policy
         params = inspect.signature(policy.model.forward).parameters

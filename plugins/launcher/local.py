@@ -35,9 +35,10 @@ class Local:
 
     @staticmethod
     def check_run_config(cfg: LocalLauncherConfig, rc) -> None:
-        """``backend=nccl`` with several ranks needs NCCL and a GPU per rank (checked at validation)."""
+        """``backend=nccl`` with several ranks needs NCCL, a GPU per rank and the update on CUDA
+        (``train.device``; checked at validation)."""
         if cfg.backend == "nccl" and cfg.trainer_ranks > 1:
-            check_nccl(cfg.trainer_ranks)
+            check_nccl(cfg.trainer_ranks, rc.train.device)
 
     @hookimpl
     def rz_place(self, ctx):

@@ -42,6 +42,7 @@ from omegaconf import OmegaConf
 
 from reasonzoo import hookimpl, plugin
 from reasonzoo.distributed import DataParallel
+from reasonzoo.fsdp import STRATEGIES
 from reasonzoo.launch import check_nccl, init_rank, join_as_rank0
 from reasonzoo.ranges import ranged
 from reasonzoo.registry import PluginError
@@ -61,7 +62,8 @@ class RayLauncherConfig:
     trainer_ranks: int = ranged(1, ge=1)  #: trainer ranks, this process (rank 0) included
     rank_cpus: float = ranged(1.0, gt=0)  #: CPUs reserved per trainer rank actor (ranks 1 .. R-1)
     rank_gpus: float = ranged(0.0, ge=0)  #: GPUs per trainer rank actor
-    backend: str = "auto"  #: torch.distributed backend of the gradients: auto (nccl with GPUs, else gloo), gloo, nccl
+    backend: str = "auto"  #: torch.distributed backend of the gradients: auto (nccl with GPUs and train.device on cuda, else gloo), gloo, nccl
+    strategy: str = "ddp"  #: ddp: every rank holds the whole policy; fsdp2: its parameters, gradients and optimizer state sharded over the ranks (reasonzoo.fsdp)
     reward_workers: int = ranged(0, ge=0)  #: reward actors; 0: rewards computed in this process
     reward_cpus: float = ranged(1.0, gt=0)  #: CPUs reserved per reward actor
     #: how weights reach the engine actors: object_store, or broadcast (a process group of this process and the engine actors)
@@ -81,18 +83,20 @@ class RayLauncher:
     def __init__(self, cfg: RayLauncherConfig):
         if cfg.backend not in BACKENDS:
             raise ValueError(f"launcher.backend={cfg.backend!r}: allowed values are {', '.join(BACKENDS)}")
+        if cfg.strategy not in STRATEGIES:
+            raise ValueError(f"launcher.strategy={cfg.strategy!r}: allowed values are {', '.join(STRATEGIES)}")
         if cfg.weight_sync not in WEIGHT_SYNC:
             raise ValueError(f"launcher.weight_sync={cfg.weight_sync!r}: allowed values are {', '.join(WEIGHT_SYNC)}")
         self.cfg = cfg
 
     @staticmethod
     def check_run_config(cfg: RayLauncherConfig, rc) -> None:
-        """Ray must be installed, and an explicit nccl backend available (checked at validation,
-        before any work)."""
+        """Ray must be installed, and an explicit nccl backend available, with the update on CUDA
+        (checked at validation, before any work)."""
         if importlib.util.find_spec("ray") is None:
             raise PluginError("launcher=ray needs Ray, which is not installed: pip install -e '.[ray]'")
         if cfg.backend == "nccl" and cfg.trainer_ranks > 1:
-            check_nccl()
+            check_nccl(device=rc.train.device)
 
     @hookimpl
     def rz_place(self, ctx):
@@ -246,7 +250,8 @@ class RayPlacement:
                 f"{cfg.trainer_ranks - 1} x rank_cpus={cfg.rank_cpus:g} / rank_gpus={cfg.rank_gpus:g}, launcher.reward_workers="
                 f"{cfg.reward_workers} x reward_cpus={cfg.reward_cpus:g}); the cluster has "
                 f"{have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs")
-        self.backend = cfg.backend if cfg.backend != "auto" else ("nccl" if cfg.rank_gpus > 0 and torch.cuda.is_available() else "gloo")
+        on_cuda = ctx.cfg.get("train", {}).get("device", "cpu") != "cpu" and torch.cuda.is_available()  # train.device
+        self.backend = cfg.backend if cfg.backend != "auto" else ("nccl" if cfg.rank_gpus > 0 and on_cuda else "gloo")
         if cfg.reward_workers > 0:
             from reasonzoo.ray_engines import RayRewardGroup
 
