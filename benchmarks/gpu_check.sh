@@ -14,7 +14,12 @@
 #      log-probs against the trainer's forward, weight push);
 #   4. launcher=ray with one vLLM engine actor on a GPU: a 2-iteration run of a small model built
 #      from config (head size 32, as vLLM's kernels need);
-#   5. the trainer on CUDA: not built (the policy is built on the CPU): reported as SKIP until it is.
+#   5. the trainer on CUDA (train.device=cuda): the -m gpu tests of tests/test_device.py (the lean
+#      forward's log-probs and gradients against the CPU, greedy decoding against the CPU, a
+#      2-iteration run that resumes on the CPU);
+#   6. with 2 or more GPUs: a 2-iteration run on 2 CUDA trainer ranks over NCCL
+#      (launcher.trainer_ranks=2 launcher.backend=nccl train.device=cuda), DDP and FSDP2;
+#   7. launcher=ray with an engine=torch actor holding the GPU and the trainer on CUDA, 2 iterations.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-/tmp}"
@@ -100,6 +105,25 @@ else
   say "SKIP 4 ray+vllm: ray or vllm not installed (pip install -e '.[ray,vllm-cuda]')"
 fi
 
-say "SKIP 5 trainer on CUDA: not built yet (the policy and batches live on the CPU; docs/cluster.md)"
+run "5 trainer on CUDA: pytest -m gpu tests/test_device.py" 240 python3 -m pytest -q -m gpu tests/test_device.py
+
+if [ "$ngpu" -ge 2 ]; then
+  for strategy in ddp fsdp2; do
+    run "6 two CUDA trainer ranks over NCCL, launcher.strategy=$strategy, 2 iterations" 240 \
+      reasonzoo-train launcher.trainer_ranks=2 launcher.backend=nccl launcher.strategy=$strategy train.device=cuda \
+        iterations=2 logger=none progress=false eval.problems_per_difficulty=8 warmup.steps=50 \
+        "hydra.run.dir=$out/nccl_${strategy}_run"
+  done
+else
+  say "SKIP 6 two CUDA trainer ranks: this machine has $ngpu GPU"
+fi
+if python3 -c "import ray" 2>>"$log"; then
+  run "7 ray: an engine=torch actor on the GPU, train.device=cuda, 2 iterations" 240 \
+    reasonzoo-train launcher=ray launcher.engines=1 launcher.engine_gpus=0.5 train.device=cuda \
+      iterations=2 logger=none progress=false eval.problems_per_difficulty=8 warmup.steps=50 "hydra.run.dir=$out/ray_torch_run"
+else
+  say "SKIP 7 ray: ray not installed (pip install -e '.[ray]')"
+fi
+
 say "gpu_check: $fails failure(s); log in $log"
 exit "$fails"
