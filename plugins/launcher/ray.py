@@ -250,7 +250,7 @@ class RayPlacement:
                 f"{cfg.trainer_ranks - 1} x rank_cpus={cfg.rank_cpus:g} / rank_gpus={cfg.rank_gpus:g}, launcher.reward_workers="
                 f"{cfg.reward_workers} x reward_cpus={cfg.reward_cpus:g}); the cluster has "
                 f"{have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs")
-        on_cuda = ctx.cfg.get("train", {}).get("device", "cpu") != "cpu" and torch.cuda.is_available()  # train.device
+        on_cuda = getattr(getattr(ctx.cfg, "train", None), "device", "cpu") != "cpu" and torch.cuda.is_available()  # train.device
         self.backend = cfg.backend if cfg.backend != "auto" else ("nccl" if cfg.rank_gpus > 0 and on_cuda else "gloo")
         if cfg.reward_workers > 0:
             from reasonzoo.ray_engines import RayRewardGroup
