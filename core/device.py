@@ -45,11 +45,18 @@ def resolve(spec: str, rank: int = 0) -> torch.device:
 
     ``cuda`` without an index gives rank ``r`` ``cuda:(r mod torch.cuda.device_count())``;
     ``auto`` is ``cuda`` when a GPU is visible, else ``cpu``.
+
+    :raises ValueError: one line, ``cuda`` or ``cuda:N`` in a process that sees no CUDA GPU (the
+        run's validation checked the launching process; a ``launcher=ray`` rank actor sees a GPU
+        only with ``launcher.rank_gpus > 0``).
     """
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else "cpu"
     if spec == "cpu":
         return torch.device("cpu")
+    if torch.cuda.device_count() == 0:
+        raise ValueError(f"train.device={spec}: trainer rank {rank} sees no CUDA GPU (a launcher=ray rank actor sees one "
+                         f"only with launcher.rank_gpus > 0); use train.device=cpu, or give every rank a GPU")
     if spec == "cuda":
         return torch.device("cuda", rank % torch.cuda.device_count())
     return torch.device(spec)

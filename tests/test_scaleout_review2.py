@@ -1,0 +1,121 @@
+"""Second review of the scale-out features (issue 12): ``train.device``, ``launcher.strategy=fsdp2``
+and ``launcher.backend=nccl`` as a user from verl/OpenRLHF meets them (CLI runs with the tiny
+overrides on the 2-CPU box, 2026-11-30). Each test reproduces one fault; the ones whose fix lies
+outside ``reasonzoo.device`` / ``reasonzoo.fsdp`` / ``launcher=local`` are ``xfail(strict=True)``.
+
+Tried and found sound (no test added): ``train.device=gpu|cuda:-1|CPU|mps|0|''|null`` and
+``train.device=cuda`` here (one line, exit 2, before any work); ``train.device=auto`` runs on the
+CPU; ``launcher.strategy=FSDP2|''|null`` on both launchers (one line); fsdp2 on 2 ranks with each
+recipe (grpo, dapo, rloo, ppo with ``critic=head``, rest, reinforce; ``train/ranks`` 2 and the
+sharding log line), with ``rollout=partial`` and, under ``launcher=ray``, ``max_staleness=1``;
+``loss.critic=model`` refused in one line, in a sweep too, before the first job; kill -9 and
+Ctrl-C of a 2-rank fsdp2 run (one line, no follower left, no temp dir), resumed as fsdp2 on 2
+ranks (metrics equal the uninterrupted run) and as ddp on 1 rank (equal to 1e-7 in grad_norm);
+``resume=<run>`` with ``iterations=``/``train.lr=`` refused and ``train.device=gpu`` or
+``launcher.strategy=FSDP2`` refused in one line; ``-m launcher.strategy=ddp,fsdp2`` and
+``fsdp2,ddp`` x two seeds (every job 2 ranks; the fsdp2 job equals its standalone run).
+
+Faults (what a test below reproduces):
+
+- ``launcher.strategy=fsdp2`` with ``launcher.trainer_ranks=1`` ran the plain one-process update
+  without a word (no sharding, no ``train/ranks``): now ``launcher=local`` logs one warning line
+  saying so (fixed in plugins/launcher/local.py).
+- ``launcher.backend=nccl train.device=cpu`` was refused only with ``trainer_ranks > 1``; on one
+  rank it ran, contrary to docs/cluster.md ("refused in one line"). Fixed for ``launcher=local``;
+  ``launcher=ray`` open (xfail).
+- ``launcher.backend=nccl train.device=cuda:0 launcher.trainer_ranks=2`` passed validation: every
+  local rank takes ``cuda:0`` (``reasonzoo.device.resolve``), which NCCL refuses at the first
+  collective ("duplicate GPU"). Now refused at validation in one line (plugins/launcher/local.py).
+- ``reasonzoo.device.resolve("cuda", rank)`` in a process that sees no GPU (a ``launcher=ray``
+  rank actor with the default ``launcher.rank_gpus=0``: Ray hides every GPU from it) divided by
+  zero. Now a one-line ``ValueError`` naming the key (core/device.py); refusing
+  ``launcher=ray train.device=cuda`` ranks without ``rank_gpus`` at validation needs
+  plugins/launcher/ray.py (xfail).
+"""
+import logging
+
+import pytest
+import torch
+
+from reasonzoo import device as rzdevice
+from reasonzoo.config import validate
+from reasonzoo.registry import PluginError
+from reasonzoo.train import compose
+
+
+def _fake_gpus(monkeypatch, n: int) -> None:
+    """This torch sees ``n`` CUDA GPUs and has NCCL (validation only: nothing runs on them)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+    monkeypatch.setattr(torch.distributed, "is_nccl_available", lambda: True)
+
+
+# --- fsdp2 on one rank ----------------------------------------------------------------------------
+
+def test_fsdp2_on_one_local_rank_says_nothing_is_sharded(caplog):
+    from reasonzoo.plugins.launcher.local import Local, LocalLauncherConfig
+
+    with caplog.at_level(logging.INFO, logger="reasonzoo"):
+        Local(LocalLauncherConfig(strategy="fsdp2")).rz_place(None)
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 1 and "\n" not in lines[0], lines
+    assert "launcher.strategy=fsdp2" in lines[0] and "launcher.trainer_ranks=1" in lines[0]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="reasonzoo"):  # ddp on one rank, fsdp2 on two: nothing to say
+        Local(LocalLauncherConfig()).rz_place(None)
+        Local(LocalLauncherConfig(strategy="fsdp2", trainer_ranks=2)).rz_place(None)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+# --- nccl -----------------------------------------------------------------------------------------
+
+def test_local_nccl_with_cpu_is_refused_on_one_rank_too(tiny_overrides, monkeypatch):
+    monkeypatch.setattr(torch.distributed, "is_nccl_available", lambda: True)
+    cfg = compose([*tiny_overrides, "launcher.backend=nccl", "train.device=cpu"])
+    with pytest.raises(PluginError, match=r"^launcher.backend=nccl with train.device=cpu: .*launcher.backend=gloo$"):
+        validate(cfg)
+
+
+@pytest.mark.xfail(strict=True, reason="plugins/launcher/ray.py check_run_config checks nccl only with trainer_ranks > 1")
+def test_ray_nccl_with_cpu_is_refused_on_one_rank_too(tiny_overrides, monkeypatch):
+    pytest.importorskip("ray")
+    monkeypatch.setattr(torch.distributed, "is_nccl_available", lambda: True)
+    cfg = compose([*tiny_overrides, "launcher=ray", "launcher.backend=nccl", "train.device=cpu"])
+    with pytest.raises(PluginError, match=r"^launcher.backend=nccl with train.device=cpu"):
+        validate(cfg)
+
+
+@pytest.mark.parametrize("spec", ["cuda:0", "cuda:1"])
+def test_nccl_ranks_pinned_to_one_gpu_are_refused_at_validation(tiny_overrides, monkeypatch, spec):
+    _fake_gpus(monkeypatch, 2)
+    cfg = compose([*tiny_overrides, "launcher.trainer_ranks=2", "launcher.backend=nccl", f"train.device={spec}"])
+    with pytest.raises(PluginError) as err:
+        validate(cfg)
+    msg = str(err.value)
+    assert "\n" not in msg and f"train.device={spec}" in msg and "launcher.trainer_ranks=2" in msg
+    assert "train.device=cuda" in msg.replace(f"train.device={spec}", "")  # the way out is named
+    # every rank on its own GPU (cuda: rank r takes cuda:r) and gloo on one GPU stay allowed
+    validate(compose([*tiny_overrides, "launcher.trainer_ranks=2", "launcher.backend=nccl", "train.device=cuda"]))
+    validate(compose([*tiny_overrides, "launcher.trainer_ranks=2", f"train.device={spec}"]))
+
+
+# --- cuda in a process without a GPU --------------------------------------------------------------
+
+def test_resolve_cuda_where_no_gpu_is_visible_names_the_key(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(ValueError, match=r"^train.device=cuda: trainer rank 1 sees no CUDA GPU") as err:
+        rzdevice.resolve("cuda", 1)
+    assert "\n" not in str(err.value) and "launcher.rank_gpus" in str(err.value)
+    assert rzdevice.resolve("auto", 1) == torch.device("cpu")
+    assert rzdevice.resolve("cpu", 1) == torch.device("cpu")
+
+
+@pytest.mark.xfail(strict=True, reason="plugins/launcher/ray.py check_run_config does not refuse train.device=cuda "
+                                       "ranks with launcher.rank_gpus=0 (they see no GPU)")
+def test_ray_cuda_ranks_without_gpus_are_refused_at_validation(tiny_overrides, monkeypatch):
+    pytest.importorskip("ray")
+    _fake_gpus(monkeypatch, 2)
+    cfg = compose([*tiny_overrides, "launcher=ray", "launcher.trainer_ranks=2", "train.device=cuda"])
+    with pytest.raises(PluginError, match=r"launcher.rank_gpus"):
+        validate(cfg)
