@@ -99,8 +99,13 @@ def _usage_types() -> tuple[type, ...]:
     return (PluginError, UsageError)
 
 
+class PlacementError(RuntimeError):
+    """A part of the run placed outside this process (a trainer rank, an actor) died or could not
+    start; the message names it, its cause and how to continue (``resume=<run dir>``)."""
+
+
 #: Failures of a run on its inputs or environment: reported in one line, exit 1.
-RUN_FAILURES: tuple[type, ...] = (OSError, ValueError, UnicodeDecodeError, CheckpointError)
+RUN_FAILURES: tuple[type, ...] = (OSError, ValueError, UnicodeDecodeError, CheckpointError, PlacementError)
 
 
 def one_line(exc: BaseException) -> str:

@@ -25,6 +25,7 @@ import torch
 from omegaconf import OmegaConf
 
 from .distributed import DataParallel
+from .errors import PlacementError
 
 log = logging.getLogger("reasonzoo")
 
@@ -74,9 +75,18 @@ def check_nccl(gpus_needed: int = 0, device: str = "cuda") -> None:
 def init_rank(backend: str, init_method: str, rank: int, world: int, timeout_s: float) -> DataParallel:
     """Join the trainer's process group as ``rank`` of ``world`` and return the
     :class:`DataParallel` place; commands travel on a gloo group when ``backend`` is not gloo.
-    Its ``strategy`` is set by the caller from ``launcher.strategy``."""
-    torch.distributed.init_process_group(backend, init_method=init_method, rank=rank, world_size=world,
-                                         timeout=datetime.timedelta(seconds=timeout_s))
+    Its ``strategy`` is set by the caller from ``launcher.strategy``.
+
+    :raises PlacementError: the ranks did not all join within ``timeout_s`` (``launcher.timeout_s``).
+    """
+    try:
+        torch.distributed.init_process_group(backend, init_method=init_method, rank=rank, world_size=world,
+                                             timeout=datetime.timedelta(seconds=timeout_s))
+    except RuntimeError as exc:  # gloo / the file store: "Wait timeout", "Timed out ..."
+        if "timeout" not in str(exc).lower() and "timed out" not in str(exc).lower():
+            raise
+        raise PlacementError(f"trainer rank {rank}: the {world} trainer ranks did not all join within launcher.timeout_s="
+                             f"{timeout_s:g} s (starting a rank takes seconds); raise launcher.timeout_s") from None
     control = torch.distributed.new_group(backend="gloo") if backend != "gloo" else None
     return DataParallel(rank, world, None, control)
 
@@ -86,7 +96,8 @@ def join_as_rank0(backend: str, init_method: str, world: int, timeout_s: float, 
     signals, until every rank has joined, so it runs on a thread and ``watch()`` (a placement's
     ``diagnose``: a dead rank named, or ``None``) is asked every 0.1 s meanwhile.
 
-    :raises RuntimeError: ``watch()`` named a rank that died before joining.
+    :raises PlacementError: ``watch()`` named a rank that died before joining, or the ranks did
+        not all join within ``timeout_s``.
     """
     joined: dict = {}
 
@@ -102,7 +113,7 @@ def join_as_rank0(backend: str, init_method: str, world: int, timeout_s: float, 
         t.join(0.1)
         why = watch() if t.is_alive() else None
         if why:
-            raise RuntimeError(f"{why}, before joining rank 0")
+            raise PlacementError(f"{why}, before joining rank 0")
     if "error" in joined:
         raise joined["error"]
     return joined["dp"]
@@ -139,7 +150,8 @@ def _follower_process(cfg: dict, run_dir: str, rank: int, world: int, init_metho
             torch.distributed.destroy_process_group()
     except BaseException as exc:
         Path(error_file).write_text(f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__)
-        traceback.print_exc()
+        if not isinstance(exc, PlacementError):  # a named placement failure: rank 0 reports it in one line
+            traceback.print_exc()
         raise SystemExit(1)
 
 
@@ -175,8 +187,15 @@ class LocalPlacement:
                                  args=(cfg, str(ctx.run_dir), r, self.world, init_method, self.backend, self.timeout_s,
                                        f"{self.tmp}/rank{r}.error", os.getpid()))
                       for r in range(1, self.world)]
-        for p in self.procs:
-            p.start()
+        # a spawned child re-applies the parent's *global* start method (multiprocessing.spawn.prepare):
+        # inside a joblib sweep worker that is "loky", which the child cannot find; spawn for the start
+        previous = multiprocessing.get_start_method(allow_none=True)
+        multiprocessing.set_start_method("spawn", force=True)
+        try:
+            for p in self.procs:
+                p.start()
+        finally:
+            multiprocessing.set_start_method(previous, force=True)
         self.dp = join_as_rank0(self.backend, init_method, self.world, self.timeout_s, lambda: self.diagnose(wait=0))
         return self.dp
 

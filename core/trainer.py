@@ -43,7 +43,7 @@ from .launch import LocalPlacement
 from .evaluation import EvalSettings, eval_split, training_metrics
 from .evaluation import evaluate as run_eval
 from .registry import PluginError, build_plugins, make_manager
-from .errors import RunInterrupted, signals_raise
+from .errors import PlacementError, RunInterrupted, signals_raise
 from .rundir import RunLock, check_fresh, clear_run, is_finished, log_size, remove_stale_temporaries
 from .runlog import eval_line, iteration_cost, iteration_line, log_to_run_dir, progress_bars
 from .types import FinishReason, Generation, Problem, Rollout, RolloutGroup, Segment, TrainBatch
@@ -428,7 +428,7 @@ def _train_locked(cfg: DictConfig, run_dir: Path, old_log_bytes: int = 0) -> dic
     except BaseException as exc:
         why = placement.diagnose() if hasattr(placement, "diagnose") else None
         if why and isinstance(exc, Exception):
-            raise RuntimeError(f"{why} (resume with resume={run_dir})") from exc
+            raise PlacementError(f"{why} (resume with resume={run_dir})") from exc
         raise
     finally:
         placement.close()

@@ -1,7 +1,6 @@
 """Second review of the scale-out features (issue 12): ``train.device``, ``launcher.strategy=fsdp2``
 and ``launcher.backend=nccl`` as a user from verl/OpenRLHF meets them (CLI runs with the tiny
-overrides on the 2-CPU box, 2026-11-30). Each test reproduces one fault; the ones whose fix lies
-outside ``reasonzoo.device`` / ``reasonzoo.fsdp`` / ``launcher=local`` are ``xfail(strict=True)``.
+overrides on the 2-CPU box, 2026-11-30). Each test reproduces one fault, all fixed now; each failed on the code before its fix.
 
 Tried and found sound (no test added): ``train.device=gpu|cuda:-1|CPU|mps|0|''|null`` and
 ``train.device=cuda`` here (one line, exit 2, before any work); ``train.device=auto`` runs on the
@@ -21,34 +20,25 @@ Faults (what a test below reproduces):
   without a word (no sharding, no ``train/ranks``): now ``launcher=local`` logs one warning line
   saying so (fixed in plugins/launcher/local.py).
 - ``launcher.backend=nccl train.device=cpu`` was refused only with ``trainer_ranks > 1``; on one
-  rank it ran, contrary to docs/cluster.md ("refused in one line"). Fixed for ``launcher=local``;
-  ``launcher=ray`` open (xfail).
+  rank it ran, contrary to docs/cluster.md ("refused in one line"). Fixed in both launchers.
 - ``launcher.backend=nccl train.device=cuda:0 launcher.trainer_ranks=2`` passed validation: every
   local rank takes ``cuda:0`` (``reasonzoo.device.resolve``), which NCCL refuses at the first
   collective ("duplicate GPU"). Now refused at validation in one line (plugins/launcher/local.py).
 - ``reasonzoo.device.resolve("cuda", rank)`` in a process that sees no GPU (a ``launcher=ray``
   rank actor with the default ``launcher.rank_gpus=0``: Ray hides every GPU from it) divided by
-  zero. Now a one-line ``ValueError`` naming the key (core/device.py); refusing
-  ``launcher=ray train.device=cuda`` ranks without ``rank_gpus`` at validation needs
-  plugins/launcher/ray.py (xfail).
+  zero. Now a one-line ``ValueError`` naming the key (core/device.py), and ``launcher=ray`` refuses ``train.device=cuda`` ranks without ``launcher.rank_gpus`` at validation.
 - ``kill -9`` of the follower rank of a 2-rank run (fsdp2 here; ddp takes the same path): rank 0
   names the dead rank and the resume command, but as the last line of Hydra's "Error executing
   job" and two chained tracebacks (~50 lines, gloo's "Connection reset by peer" included), exit 1.
-  The run resumes fine. Open (xfail): core/trainer.py wraps the placement's diagnosis in a plain
-  ``RuntimeError``, which ``reasonzoo.errors.report`` does not know.
+  The run resumes fine. Fixed: the diagnosis is a ``reasonzoo.errors.PlacementError``, which ``report`` prints in one line.
 - Every ``conf/sweep/`` file runs its jobs with hydra-joblib-launcher (loky worker processes), and
   there ``launcher.trainer_ranks=2`` (ddp or fsdp2) fails after the warm-up: the follower, started
   with the ``spawn`` context, is handed the worker's global start method ``loky`` and dies in
   ``multiprocessing.spawn.prepare`` ("cannot find context for 'loky'"); rank 0 then reports
-  "trainer rank 1 died: exit code 1". Open (xfail): ``LocalPlacement.start_trainer``
-  (core/launch.py) must start its processes with the global start method set to ``spawn``
-  (``multiprocessing.set_start_method("spawn", force=True)`` around ``p.start()``, the old one
-  restored after; checked by hand in a joblib worker: exit code 1 before, 0 after).
+  "trainer rank 1 died: exit code 1". Fixed: ``LocalPlacement.start_trainer`` starts its processes with the global start method set to ``spawn`` (the old one restored after).
 - ``launcher.timeout_s`` shorter than a follower's start (0.3 s; a follower takes seconds to
   import torch) fails the rendezvous with a 40-line traceback ending in gloo's bare
-  ``RuntimeError: Wait timeout``, the key not named. Open (xfail): ``init_rank`` /
-  ``join_as_rank0`` (core/launch.py) should name ``launcher.timeout_s`` and the ranks that did not
-  join in one line (a ``RUN_FAILURES`` error), or time the rendezvous separately.
+  ``RuntimeError: Wait timeout``, the key not named. Fixed: ``init_rank`` raises a ``PlacementError`` naming ``launcher.timeout_s``, reported in one line; a follower prints no traceback for it.
 """
 import json
 import logging
@@ -101,7 +91,6 @@ def test_local_nccl_with_cpu_is_refused_on_one_rank_too(tiny_overrides, monkeypa
         validate(cfg)
 
 
-@pytest.mark.xfail(strict=True, reason="plugins/launcher/ray.py check_run_config checks nccl only with trainer_ranks > 1")
 def test_ray_nccl_with_cpu_is_refused_on_one_rank_too(tiny_overrides, monkeypatch):
     pytest.importorskip("ray")
     monkeypatch.setattr(torch.distributed, "is_nccl_available", lambda: True)
@@ -136,8 +125,6 @@ def test_resolve_cuda_where_no_gpu_is_visible_names_the_key(monkeypatch):
     assert rzdevice.resolve("cpu", 1) == torch.device("cpu")
 
 
-@pytest.mark.xfail(strict=True, reason="plugins/launcher/ray.py check_run_config does not refuse train.device=cuda "
-                                       "ranks with launcher.rank_gpus=0 (they see no GPU)")
 def test_ray_cuda_ranks_without_gpus_are_refused_at_validation(tiny_overrides, monkeypatch):
     pytest.importorskip("ray")
     _fake_gpus(monkeypatch, 2)
@@ -170,8 +157,6 @@ def _follower(pid: int) -> int | None:
     return None
 
 
-@pytest.mark.xfail(strict=True, reason="core/trainer.py raises the dead rank's diagnosis as a plain RuntimeError: "
-                                       "Hydra's error banner and two tracebacks instead of one reasonzoo line")
 def test_kill_9_of_the_follower_rank_is_one_line_naming_it(tmp_path, tiny_overrides, cli):
     run = tmp_path / "run"
     proc = cli([*tiny_overrides, "iterations=500", "eval.every=0", "launcher.trainer_ranks=2", "launcher.strategy=fsdp2",
@@ -198,8 +183,6 @@ def test_kill_9_of_the_follower_rank_is_one_line_naming_it(tmp_path, tiny_overri
 
 # --- trainer ranks under the joblib launcher of the sweep files --------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="core/launch.py LocalPlacement.start_trainer spawns the follower with the "
-                                       "loky worker's global start method: 'cannot find context for loky'")
 def test_two_trainer_ranks_run_in_a_joblib_sweep_job(tmp_path, tiny_overrides):
     sweep = tmp_path / "sweep"
     res = subprocess.run([sys.executable, "-m", "reasonzoo.train", "-m", *tiny_overrides, "iterations=1",
@@ -213,8 +196,6 @@ def test_two_trainer_ranks_run_in_a_joblib_sweep_job(tmp_path, tiny_overrides):
 
 # --- a launcher.timeout_s the ranks' start does not fit in ---------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="core/launch.py: the rendezvous times out after launcher.timeout_s with gloo's "
-                                       "bare 'Wait timeout' traceback, the key not named")
 def test_a_timeout_shorter_than_the_rendezvous_is_one_line_naming_the_key(tmp_path, tiny_overrides):
     res = subprocess.run([sys.executable, "-m", "reasonzoo.train", *tiny_overrides, "launcher.trainer_ranks=2",
                           "launcher.strategy=fsdp2", "launcher.timeout_s=0.3", f"hydra.run.dir={tmp_path / 'run'}"],

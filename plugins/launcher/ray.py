@@ -95,8 +95,13 @@ class RayLauncher:
         (checked at validation, before any work)."""
         if importlib.util.find_spec("ray") is None:
             raise PluginError("launcher=ray needs Ray, which is not installed: pip install -e '.[ray]'")
-        if cfg.backend == "nccl" and cfg.trainer_ranks > 1:
+        if cfg.backend == "nccl":
             check_nccl(device=rc.train.device)
+        cuda = rc.train.device.startswith("cuda") or (rc.train.device == "auto" and torch.cuda.is_available())
+        if cuda and cfg.trainer_ranks > 1 and cfg.rank_gpus <= 0:
+            raise PluginError(f"train.device={rc.train.device} with launcher.trainer_ranks={cfg.trainer_ranks} and "
+                              f"launcher.rank_gpus={cfg.rank_gpus:g}: the rank actors would see no GPU; set "
+                              f"launcher.rank_gpus=1, or train.device=cpu")
 
     @hookimpl
     def rz_place(self, ctx):
