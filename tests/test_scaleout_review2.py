@@ -157,6 +157,7 @@ def _follower(pid: int) -> int | None:
     return None
 
 
+@pytest.mark.slow  # a CLI run in a child process: 10-20 s
 def test_kill_9_of_the_follower_rank_is_one_line_naming_it(tmp_path, tiny_overrides, cli):
     run = tmp_path / "run"
     proc = cli([*tiny_overrides, "iterations=500", "eval.every=0", "launcher.trainer_ranks=2", "launcher.strategy=fsdp2",
@@ -183,6 +184,7 @@ def test_kill_9_of_the_follower_rank_is_one_line_naming_it(tmp_path, tiny_overri
 
 # --- trainer ranks under the joblib launcher of the sweep files --------------------------------------
 
+@pytest.mark.slow  # a CLI run in a child process: 10-20 s
 def test_two_trainer_ranks_run_in_a_joblib_sweep_job(tmp_path, tiny_overrides):
     sweep = tmp_path / "sweep"
     res = subprocess.run([sys.executable, "-m", "reasonzoo.train", "-m", *tiny_overrides, "iterations=1",
