@@ -104,3 +104,45 @@ def entry_point_package(site, module: str, source: str, entry_name: str, version
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: {version}\n")
     (info / "entry_points.txt").write_text(f"[reasonzoo]\n{entry_name} = {module}\n")
     return site
+
+
+def on_gloo_ranks(world: int, target, folder, *args, strategy: str = "ddp") -> list:
+    """Run ``target(dp, *args)`` on ``world`` forked gloo ranks (a file rendezvous in ``folder``),
+    ``dp`` each rank's :class:`reasonzoo.distributed.DataParallel` (``strategy`` ``ddp`` or
+    ``fsdp2``); returns the ranks' results in rank order (saved with ``torch.save`` in ``folder``).
+    For tests of data-parallel code; a rank's traceback fails the caller's assertion.
+
+    :raises AssertionError: a rank raised (its traceback in the message).
+    """
+    import multiprocessing
+    import traceback
+    from pathlib import Path
+
+    import torch
+
+    from .distributed import DataParallel
+
+    folder = Path(folder)
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+
+    def rank_main(rank):
+        try:
+            torch.distributed.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
+            try:
+                torch.save(target(DataParallel(rank, world, strategy=strategy), *args), folder / f"rank{rank}.pt")
+                queue.put((rank, None))
+            finally:
+                torch.distributed.destroy_process_group()
+        except BaseException:  # noqa: BLE001 - reported to the parent
+            queue.put((rank, traceback.format_exc()))
+
+    procs = [ctx.Process(target=rank_main, args=(r,)) for r in range(world)]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        rank, err = queue.get(timeout=300)
+        assert err is None, f"rank {rank}:\n{err}"
+    for p in procs:
+        p.join(timeout=60)
+    return [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(world)]

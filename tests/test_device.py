@@ -12,6 +12,7 @@ update, evaluation, checkpoint) completes and resumes on the CPU.
 """
 import copy
 import json
+import math
 import sys
 
 import pytest
@@ -80,21 +81,28 @@ def test_train_batch_to_moves_every_tensor_extras_included(tiny_policy):
     assert {k: v.device.type for k, v in meta.extras.items()} == {"pg/advantage": "meta", "pg/old_logprob": "meta"}
 
 
+def _records(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _resume_for_more(run, iterations, monkeypatch, *overrides):
+    """As if ``run`` had been killed before ``iterations``: resume it through the CLI's main()."""
+    from reasonzoo import train as train_mod
+
+    saved = OmegaConf.load(run / CONFIG_FILE)
+    saved.iterations = iterations
+    (run / CONFIG_FILE).write_text(OmegaConf.to_yaml(saved))
+    (run / "summary.json").unlink()
+    monkeypatch.setattr(sys, "argv", ["reasonzoo-train", f"resume={run}", *overrides])
+    train_mod.main()
+
+
 def test_resume_may_change_train_device(tmp_path, tiny_overrides, monkeypatch):
     """``train.device`` says where a run executes: a resume may set it (here to its own value; a
     device this machine lacks is refused in the validation's one line)."""
-    from reasonzoo import train as train_mod
-
-    cfg = compose([*tiny_overrides, "iterations=1"])
-    train(cfg, tmp_path / "r")
-    saved = OmegaConf.load(tmp_path / "r" / CONFIG_FILE)
-    saved.iterations = 2
-    (tmp_path / "r" / CONFIG_FILE).write_text(OmegaConf.to_yaml(saved))
-    (tmp_path / "r" / "summary.json").unlink()
-    monkeypatch.setattr(sys, "argv", ["reasonzoo-train", f"resume={tmp_path / 'r'}", "train.device=cpu"])
-    train_mod.main()
-    records = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["iteration"] for r in records] == [0, 1, 2]
+    train(compose([*tiny_overrides, "iterations=1"]), tmp_path / "r")
+    _resume_for_more(tmp_path / "r", 2, monkeypatch, "train.device=cpu")
+    assert [r["iteration"] for r in _records(tmp_path / "r")] == [0, 1, 2]
     assert OmegaConf.load(tmp_path / "r" / CONFIG_FILE).train.device == "cpu"
 
 
@@ -148,21 +156,12 @@ def test_greedy_decoding_on_cuda_gives_the_cpu_tokens(tiny_policy):
 @pytest.mark.gpu
 @cuda
 def test_a_cuda_run_completes_and_resumes_on_the_cpu(tmp_path, tiny_overrides, monkeypatch):
-    from reasonzoo import train as train_mod
-
-    cfg = compose([*tiny_overrides, "iterations=2", "train.device=cuda"])
-    train(cfg, tmp_path / "g")
-    records = [json.loads(l) for l in (tmp_path / "g" / "metrics.jsonl").read_text().splitlines()]
+    train(compose([*tiny_overrides, "iterations=2", "train.device=cuda"]), tmp_path / "g")
+    records = _records(tmp_path / "g")
     assert [r["iteration"] for r in records] == [0, 1, 2]
-    assert all(r.get("train/grad_norm", 0.0) == r.get("train/grad_norm", 0.0) for r in records)  # finite, no NaN
-    saved = OmegaConf.load(tmp_path / "g" / CONFIG_FILE)
-    saved.iterations = 3
-    (tmp_path / "g" / CONFIG_FILE).write_text(OmegaConf.to_yaml(saved))
-    (tmp_path / "g" / "summary.json").unlink()
-    monkeypatch.setattr(sys, "argv", ["reasonzoo-train", f"resume={tmp_path / 'g'}", "train.device=cpu"])
-    train_mod.main()
-    records = [json.loads(l) for l in (tmp_path / "g" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["iteration"] for r in records] == [0, 1, 2, 3]
+    assert all(math.isfinite(r.get("train/grad_norm", 0.0)) for r in records)
+    _resume_for_more(tmp_path / "g", 3, monkeypatch, "train.device=cpu")
+    assert [r["iteration"] for r in _records(tmp_path / "g")] == [0, 1, 2, 3]
 
 
 def test_nccl_needs_the_update_on_cuda_one_line(tiny_overrides, monkeypatch):

@@ -6,8 +6,6 @@ fit this 2-core box. Tolerance: the ranks' gradients are summed in another order
 sums its micro-batches, so parameters after one SGD step (lr 1) agree to 1e-6 absolute (float32).
 """
 import copy
-import multiprocessing
-import traceback
 
 import pytest
 import torch
@@ -18,7 +16,7 @@ from reasonzoo.plugins.loss.grpo import GRPOLoss, GRPOLossConfig
 from reasonzoo.plugins.loss.k15 import K15Loss, K15LossConfig
 from reasonzoo.plugins.loss.ppo import PPOLoss, PPOLossConfig
 from reasonzoo.registry import make_manager
-from reasonzoo.testing import scored_group
+from reasonzoo.testing import on_gloo_ranks, scored_group
 from reasonzoo.trainer import collate, param_groups, update
 
 LOSSES = {
@@ -57,41 +55,13 @@ def _step(make_ctx, tiny_policy, loss, overrides, dp=None, lr=1.0):
     return [b - p.detach() for b, p in zip(before, params)], metrics
 
 
-def _on_ranks(world, target, tmp_path, *args):
-    """Run ``target(dp, *args)`` on ``world`` forked gloo ranks; rank results in rank order."""
-    ctx = multiprocessing.get_context("fork")
-    queue = ctx.Queue()
-
-    def rank_main(rank):
-        try:
-            torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=rank,
-                                                 world_size=world)
-            try:
-                torch.save(target(DataParallel(rank, world), *args), tmp_path / f"rank{rank}.pt")
-                queue.put((rank, None))
-            finally:
-                torch.distributed.destroy_process_group()
-        except BaseException:  # noqa: BLE001 - reported to the parent
-            queue.put((rank, traceback.format_exc()))
-
-    procs = [ctx.Process(target=rank_main, args=(r,)) for r in range(world)]
-    for p in procs:
-        p.start()
-    for _ in procs:
-        rank, err = queue.get(timeout=300)
-        assert err is None, f"rank {rank}:\n{err}"
-    for p in procs:
-        p.join(timeout=60)
-    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
-
-
 @pytest.mark.parametrize("loss", sorted(LOSSES))
 @pytest.mark.parametrize("microbatches", [1, 2, 3])
 def test_two_ranks_give_the_one_process_gradient(make_ctx, tiny_policy, tmp_path, loss, microbatches):
     one, metrics1 = _step(make_ctx, tiny_policy, loss, [f"train.microbatches={microbatches}"])
     assert any(g.abs().max() > 1e-5 for g in one)
-    ranks = _on_ranks(2, lambda dp: _step(make_ctx, tiny_policy, loss, [f"train.microbatches={microbatches}"], dp),
-                      tmp_path)
+    ranks = on_gloo_ranks(2, lambda dp: _step(make_ctx, tiny_policy, loss, [f"train.microbatches={microbatches}"], dp),
+                          tmp_path)
     for deltas, metrics in ranks:  # every rank took the same step: the one-process one
         for a, b in zip(one, deltas):
             torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
@@ -106,7 +76,7 @@ def test_a_rank_without_a_micro_batch_still_takes_the_step(make_ctx, tiny_policy
     args = ["train.minibatch_size=1", "train.microbatches=1"]
     one, _ = _step(make_ctx, tiny_policy, "k15", args, lr=0.01)
     assert any(g.abs().max() > 1e-6 for g in one)
-    ranks = _on_ranks(2, lambda dp: _step(make_ctx, tiny_policy, "k15", args, dp, lr=0.01), tmp_path)
+    ranks = on_gloo_ranks(2, lambda dp: _step(make_ctx, tiny_policy, "k15", args, dp, lr=0.01), tmp_path)
     for deltas, _ in ranks:
         for a, b in zip(one, deltas):
             torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)

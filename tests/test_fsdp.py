@@ -9,21 +9,18 @@ one SGD step (lr 1) agree to 1e-6 absolute (float32), as under ddp; run metrics 
 """
 import copy
 import json
-import multiprocessing
-import traceback
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
 from reasonzoo.config import validate
-from reasonzoo.distributed import DataParallel
 from reasonzoo.fsdp import strategy_of
 from reasonzoo.plugins.loss.grpo import GRPOLoss, GRPOLossConfig
 from reasonzoo.plugins.loss.k15 import K15Loss, K15LossConfig
 from reasonzoo.plugins.loss.ppo import PPOLoss, PPOLossConfig
 from reasonzoo.registry import PluginError, make_manager
-from reasonzoo.testing import assert_same_run, scored_group
+from reasonzoo.testing import assert_same_run, on_gloo_ranks, scored_group
 from reasonzoo.train import compose
 from reasonzoo.trainer import CONFIG_FILE, collate, param_groups, train, update
 
@@ -80,34 +77,6 @@ def _step(make_ctx, tiny_policy, loss, overrides, dp=None, lr=1.0, optimizer=tor
     return [b - a for b, a in zip(before, after)], metrics, seen
 
 
-def _on_ranks(world, target, tmp_path, *args):
-    """Run ``target(dp, *args)`` on ``world`` forked gloo ranks (strategy fsdp2); results in rank order."""
-    ctx = multiprocessing.get_context("fork")
-    queue = ctx.Queue()
-
-    def rank_main(rank):
-        try:
-            torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=rank,
-                                                 world_size=world)
-            try:
-                torch.save(target(DataParallel(rank, world, strategy="fsdp2"), *args), tmp_path / f"rank{rank}.pt")
-                queue.put((rank, None))
-            finally:
-                torch.distributed.destroy_process_group()
-        except BaseException:  # noqa: BLE001 - reported to the parent
-            queue.put((rank, traceback.format_exc()))
-
-    procs = [ctx.Process(target=rank_main, args=(r,)) for r in range(world)]
-    for p in procs:
-        p.start()
-    for _ in procs:
-        rank, err = queue.get(timeout=300)
-        assert err is None, f"rank {rank}:\n{err}"
-    for p in procs:
-        p.join(timeout=60)
-    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]
-
-
 def _same_update(one, ranks, atol=1e-6):
     for deltas, _, _ in ranks:  # every rank took the one-process step
         for a, b in zip(one, deltas):
@@ -123,7 +92,7 @@ def test_fsdp2_on_two_ranks_gives_the_one_process_update(make_ctx, tiny_policy, 
     one, metrics1, _ = _step(make_ctx, tiny_policy, loss, args)
     assert any(g.abs().max() > 1e-5 for g in one)
     assert metrics1.get("loss/kl", 1.0) > 1e-3  # the reference differs from the weights being trained
-    ranks = _on_ranks(2, lambda dp: _step(make_ctx, tiny_policy, loss, args, dp), tmp_path)
+    ranks = on_gloo_ranks(2, lambda dp: _step(make_ctx, tiny_policy, loss, args, dp), tmp_path, strategy="fsdp2")
     _same_update(one, ranks)
     for _, metrics, _ in ranks:
         assert metrics["loss/total"] == pytest.approx(metrics1["loss/total"], abs=1e-6)
@@ -136,8 +105,8 @@ def test_a_rank_without_a_micro_batch_still_joins_and_takes_the_step(make_ctx, t
     args = ["train.minibatch_size=1", "train.microbatches=1", "train.max_grad_norm=0.5"]
     one, m1, _ = _step(make_ctx, tiny_policy, "k15", args, lr=0.01, optimizer=torch.optim.AdamW)
     assert any(g.abs().max() > 1e-6 for g in one)
-    ranks = _on_ranks(2, lambda dp: _step(make_ctx, tiny_policy, "k15", args, dp, lr=0.01, optimizer=torch.optim.AdamW),
-                      tmp_path)
+    ranks = on_gloo_ranks(2, lambda dp: _step(make_ctx, tiny_policy, "k15", args, dp, lr=0.01, optimizer=torch.optim.AdamW),
+                          tmp_path, strategy="fsdp2")
     _same_update(one, ranks, atol=1e-5)
     for _, metrics, _ in ranks:  # the norm before clipping is the full gradient's
         assert metrics["train/grad_norm"] == pytest.approx(m1["train/grad_norm"], rel=1e-5)
@@ -171,8 +140,8 @@ def test_each_rank_holds_half_of_the_parameters_gradients_and_optimizer_state(ma
     and AdamW moment (dim 0 split; every dim 0 of the tiny model is even), and rank 0 also the full
     view its engine and checkpoints read."""
     full = sum(p.numel() for p in tiny_policy.model.parameters()) * 4  # float32 bytes
-    for rank, (params, grads, moments, view) in enumerate(_on_ranks(2, lambda dp: _held_bytes(make_ctx, tiny_policy, dp),
-                                                                    tmp_path)):
+    held = on_gloo_ranks(2, lambda dp: _held_bytes(make_ctx, tiny_policy, dp), tmp_path, strategy="fsdp2")
+    for rank, (params, grads, moments, view) in enumerate(held):
         assert (params, grads, moments) == (full // 2, full // 2, full)
         assert view == (full if rank == 0 else 0)
 
