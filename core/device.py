@@ -64,7 +64,9 @@ def resolve(spec: str, rank: int = 0) -> torch.device:
 
 def build_policy(ctx):
     """``rz_build_policy``, then the policy moved to ``train.device`` (this rank's, see
-    :func:`resolve`). Used by the trainer's rank 0, its follower ranks and engine actors alike.
+    :func:`resolve`). Used by the trainer's rank 0 and its follower ranks (an engine actor moves its
+    policy only when it holds a GPU and its engine decodes with the policy module:
+    :class:`reasonzoo.ray_engines.EngineActor`).
 
     :returns: the :class:`reasonzoo.policy.Policy`, its model on the device.
     """

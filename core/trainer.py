@@ -245,17 +245,17 @@ def update(ctx: RunContext, batch: TrainBatch, cfg: RunConfig) -> dict[str, floa
     if sharded is not None:
         ctx = replace(ctx, policy=sharded.policy)
     model, opt = ctx.policy.model, ctx.optimizer
-    device = ctx.policy.device  # train.device (reasonzoo.device): the hooks get batches there; row bookkeeping stays on the CPU
-    with torch.no_grad():
-        model.eval()
-        extras = _merge(ctx.hook.rz_prepare_update(ctx=ctx, batch=batch.to(device)), "rz_prepare_update")
-    if sharded is not None:
-        sharded.reshard()  # the prepare forwards leave the parameters gathered
-    batch = replace(batch, extras={**batch.extras, **extras})
-    lengths = batch.attention_mask.sum(-1)
+    lengths = batch.attention_mask.sum(-1)  # row bookkeeping, on the CPU before the batch moves
     g = batch.group_index
     group_len = torch.zeros(int(g.max()) + 1 if len(g) else 0, dtype=lengths.dtype).scatter_reduce(0, g, lengths, "amax")
     sort_key = group_len[g] * (len(group_len) + 1) + g  # by group length, then group: groups stay contiguous
+    batch = batch.to(ctx.policy.device)  # once: train.device (reasonzoo.device), where the hooks get every batch
+    with torch.no_grad():
+        model.eval()
+        extras = _merge(ctx.hook.rz_prepare_update(ctx=ctx, batch=batch), "rz_prepare_update")
+    if sharded is not None:
+        sharded.reshard()  # the prepare forwards leave the parameters gathered
+    batch = replace(batch, extras={**batch.extras, **extras})
     model.train()
     sums: dict[str, list[float]] = defaultdict(list)
     gen = ctx.generator("minibatch")
@@ -272,7 +272,7 @@ def update(ctx: RunContext, batch: TrainBatch, cfg: RunConfig) -> dict[str, floa
                 sharded.begin()
             done = []
             for part in dp.mine(parts) if dp else parts:
-                out = ctx.hook.rz_loss(ctx=ctx, batch=batch.select(part).to(device))
+                out = ctx.hook.rz_loss(ctx=ctx, batch=batch.select(part))
                 d = float(len(part) if out.denominator is None else out.denominator)
                 (out.loss * d if summed else out.loss).backward()
                 done.append((d, {"loss/total": float(out.loss.detach()), **{k: float(v) for k, v in out.metrics.items()}}))
