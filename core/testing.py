@@ -71,6 +71,17 @@ SAME_RUN_EXACT = ("reward/accuracy", "reward/mean", "response/mean_length", "res
 SAME_RUN_CLOSE = ("loss/total", "train/grad_norm", "loss/k15")
 
 
+def uneven_groups(policy) -> list[RolloutGroup]:
+    """Three scored groups of unequal sizes and lengths (7 rows: not a multiple of 2 or 3
+    micro-batches), for tests of how an update splits a batch (data-parallel ranks, micro-batches):
+    ``collate(uneven_groups(policy), policy.pad_token_id)``."""
+    return [
+        scored_group(policy, [1, 0, 0, 1], ["3#3", "#4", "1+2=3;3+4=7;7*2=4;#4", "12;#3"], "p"),
+        scored_group(policy, [1, 0], ["1+2=3;#3", "#7"], "q"),
+        scored_group(policy, [0, 1], ["1+2=3;3*3=9;9+9=8;8-1=7;#7", "#3"], "r"),
+    ]
+
+
 def assert_same_run(a: Sequence[dict], b: Sequence[dict], tol: float = 1e-4) -> None:
     """Assert that two runs' metrics records (``metrics.jsonl`` as dicts) are the same run: the
     same iterations, :data:`SAME_RUN_EXACT` equal, :data:`SAME_RUN_CLOSE` within ``tol``

@@ -20,7 +20,7 @@ from reasonzoo.plugins.loss.grpo import GRPOLoss, GRPOLossConfig
 from reasonzoo.plugins.loss.k15 import K15Loss, K15LossConfig
 from reasonzoo.plugins.loss.ppo import PPOLoss, PPOLossConfig
 from reasonzoo.registry import PluginError, make_manager
-from reasonzoo.testing import assert_same_run, on_gloo_ranks, scored_group
+from reasonzoo.testing import assert_same_run, on_gloo_ranks, uneven_groups
 from reasonzoo.train import compose
 from reasonzoo.trainer import CONFIG_FILE, collate, param_groups, train, update
 
@@ -36,12 +36,7 @@ LOSSES = {
 
 
 def _batch(policy):
-    """Three groups of unequal lengths (7 rows: not a multiple of the micro-batches)."""
-    return collate([
-        scored_group(policy, [1, 0, 0, 1], ["3#3", "#4", "1+2=3;3+4=7;7*2=4;#4", "12;#3"], "p"),
-        scored_group(policy, [1, 0], ["1+2=3;#3", "#7"], "q"),
-        scored_group(policy, [0, 1], ["1+2=3;3*3=9;9+9=8;8-1=7;#7", "#3"], "r"),
-    ], policy.pad_token_id)
+    return collate(uneven_groups(policy), policy.pad_token_id)
 
 
 def _full(t):
